@@ -97,7 +97,7 @@ class SpecError(ConfigError):
 
 
 class PlanError(PipelineError):
-    """A spec is valid but cannot be turned into workunits (e.g. a value the command cannot carry)."""
+    """A valid spec cannot be turned into workunits (e.g. a value the command cannot carry)."""
 
     exit_code = 2
 

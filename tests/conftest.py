@@ -160,7 +160,7 @@ def busybox_image(docker_client: Any) -> str:
     try:
         docker_client.images.get(BUSYBOX_IMAGE)
         return BUSYBOX_IMAGE
-    except Exception:  # noqa: S110 - not there yet: build it below
+    except Exception:  # not there yet: build it below
         pass
     busybox = _busybox_binary()
     if busybox is None:
