@@ -384,7 +384,7 @@ class StateDB:
     def add_points(
         self, sweep_id: int, items: Iterable[tuple[str, str]], *, chunk: int = 5000
     ) -> int:
-        """Record points (point_id, canonical params JSON), skipping known ones; return the total."""
+        """Record (point_id, params JSON) pairs, skipping known ones; return the total."""
         now = time.time()
         stmt = insert_ignore(points, self.dialect)
         for batch in _chunks(items, chunk):
