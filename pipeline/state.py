@@ -20,6 +20,8 @@ Tables (all prefixed ``bp_`` so they can share a database with other things):
   next run resolves against the BOINC database (created or not) — never a
   duplicate, never a loss.
 - ``bp_events``: an append-only log (submissions, failures, task errors).
+- ``bp_ledger`` and ``bp_parts``: the harvest ledger (schema version 2), see
+  :mod:`pipeline.store` for the exactly-once protocol that uses them.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ __all__ = [
     "migrate",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Every state a point can be in, from the pipeline's point of view.
 #: ``planned``: never submitted; ``submitted``: a workunit exists (or is being
@@ -88,7 +90,7 @@ sweeps = sa.Table(
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     sa.Column("status", sa.String(16), nullable=False, server_default="active"),
     sa.Column("n_points", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
     sa.UniqueConstraint("name", "version", name="uq_bp_sweeps_name_version"),
 )
 
@@ -101,7 +103,7 @@ points = sa.Table(
     sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
     sa.Column("state", sa.String(16), nullable=False, server_default="planned"),
     sa.Column("reason", sa.Text, nullable=True),
-    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
     sa.Index("ix_bp_points_sweep_state", "sweep_id", "state"),
 )
 
@@ -112,12 +114,12 @@ attempts = sa.Table(
     sa.Column("sweep_id", sa.Integer, sa.ForeignKey("bp_sweeps.id"), nullable=False),
     sa.Column("point_id", sa.String(32), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("reserved_at", sa.Float, nullable=False),
-    sa.Column("submitted_at", sa.Float, nullable=True),
+    sa.Column("reserved_at", sa.Double, nullable=False),
+    sa.Column("submitted_at", sa.Double, nullable=True),
     sa.Column("wu_id", sa.BigInteger, nullable=True),
     sa.Column("outcome", sa.String(16), nullable=True),
     sa.Column("reason", sa.Text, nullable=True),
-    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Double, nullable=True),
     sa.Index("ix_bp_attempts_point", "sweep_id", "point_id"),
     sa.Index("ix_bp_attempts_pending", "sweep_id", "submitted_at"),
 )
@@ -126,12 +128,51 @@ events = sa.Table(
     "bp_events",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
     sa.Column("sweep_id", sa.Integer, nullable=True),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("data_json", sa.Text, nullable=True),
     sa.Index("ix_bp_events_sweep", "sweep_id", "id"),
+)
+
+
+ledger = sa.Table(
+    "bp_ledger",
+    metadata,
+    sa.Column("result_name", sa.String(254), primary_key=True),
+    sa.Column("sweep_id", sa.Integer, sa.ForeignKey("bp_sweeps.id"), nullable=False),
+    sa.Column("point_id", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    # 1 while the row claims or holds the point's one row set; NULL otherwise.
+    # UNIQUE(sweep_id, point_id, live) lets each point hold one live row, since
+    # every engine lets NULLs repeat in a unique index.
+    sa.Column("live", sa.SmallInteger, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("harvester", sa.String(64), nullable=False),
+    sa.Column("token", sa.String(32), nullable=False),
+    sa.Column("lease_until", sa.Double, nullable=False),
+    sa.Column("part", sa.String(128), nullable=True),
+    sa.Column("content_hash", sa.String(64), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.UniqueConstraint("sweep_id", "point_id", "live", name="uq_bp_ledger_point_live"),
+    sa.Index("ix_bp_ledger_state", "state", "lease_until"),
+)
+
+parts = sa.Table(
+    "bp_parts",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("sweep_id", sa.Integer, sa.ForeignKey("bp_sweeps.id"), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False, server_default="0"),
+    # committed: recorded, maybe still in staging; live: in place; retired: compacted away
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("harvester", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_bp_parts_sweep", "sweep_id", "state"),
 )
 
 
@@ -141,8 +182,14 @@ def _migration_1(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _migration_2(conn: Connection) -> None:
+    """Add the harvest ledger: claimed/committed results and the store's part files."""
+    for table in (ledger, parts):
+        table.create(conn, checkfirst=True)
+
+
 #: Ordered steps; step ``n`` turns a version ``n - 1`` database into version ``n``.
-MIGRATIONS: dict[int, Any] = {1: _migration_1}
+MIGRATIONS: dict[int, Any] = {1: _migration_1, 2: _migration_2}
 
 
 def migrate(engine: Engine) -> int:

@@ -1,0 +1,470 @@
+"""The result store: Parquet part files per sweep, written exactly once through a ledger.
+
+Layout under the store root (a local folder or any URL pyarrow's filesystems
+understand, e.g. ``s3://bucket/prefix``)::
+
+    <root>/<sweep>/version=<v>/part-<time>-<token>.parquet   committed rows
+    <root>/_staging/<sweep>/part-<time>-<token>.parquet      being written
+
+DuckDB and polars read ``<root>/<sweep>/*/*.parquet`` without this project;
+:meth:`ResultStore.read` reads exactly the parts the ledger lists.
+
+The exactly-once protocol (tables ``bp_ledger`` and ``bp_parts`` in the state
+database):
+
+1. **Claim.** A harvester inserts one ledger row per result it means to ingest,
+   keyed by result name, with ``live = 1``, its id, a random token and a lease.
+   ``UNIQUE(sweep_id, point_id, live)`` lets only one live row exist per point,
+   so a second result of the same point (a retry that raced, a duplicate) cannot
+   be claimed: it is recorded as ``superseded`` instead.
+2. **Stage.** The rows are written to a part file under ``_staging/``, which no
+   reader looks at.
+3. **Commit.** One transaction moves the harvester's claims (matched by token,
+   so a claim that recovery released cannot be committed) to ``committed`` with
+   the part's name, and records the part as ``committed``. If any claim is gone,
+   the transaction is rolled back and the staged file removed.
+4. **Publish.** The part is renamed into place and recorded as ``live``.
+
+:meth:`ResultStore.recover` may run at any time, in any process: committed
+parts still in staging are published; claims whose lease expired are deleted
+(their points can be claimed again) and staged files whose token holds no
+unexpired claim and no committed part are removed. A harvester that renews its
+lease is never touched. Results that cannot be ingested (a rejected archive, a
+missing file) are recorded with ``live`` NULL, so a later attempt of the same
+point can still be ingested.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline.errors import HarvestError, StateError
+from pipeline.state import StateDB, SweepRecord, insert_ignore, ledger, parts, sweeps
+
+__all__ = ["Candidate", "Claim", "RecoveryReport", "ResultStore"]
+
+STAGING = "_staging"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A result the harvester found and would like to ingest."""
+
+    result_name: str
+    point_id: str
+    attempt: int
+
+
+@dataclass
+class Claim:
+    """The results one harvester holds for one sweep, and the token that fences them."""
+
+    sweep: SweepRecord
+    token: str
+    results: dict[str, Candidate] = field(default_factory=dict)
+    superseded: list[Candidate] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What one recovery pass did."""
+
+    published: int
+    released: int
+    removed_staged: int
+
+
+def _harvester_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class ResultStore:
+    """Parquet parts per sweep under ``root``, committed through the state database's ledger."""
+
+    def __init__(
+        self,
+        state: StateDB,
+        root: str,
+        *,
+        harvester: str | None = None,
+        lease_seconds: float = 300.0,
+    ) -> None:
+        import pyarrow.fs as pafs
+
+        self.state = state
+        self.root_uri = root
+        if "://" in root:
+            self.fs, self.root = pafs.FileSystem.from_uri(root)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
+        self.harvester = harvester or _harvester_id()
+        self.lease_seconds = lease_seconds
+
+    # -- paths ----------------------------------------------------------------
+
+    def _final_path(self, sweep: str, version: int, part: str) -> str:
+        return f"{self.root}/{sweep}/version={version}/{part}"
+
+    def _staged_path(self, sweep: str, part: str) -> str:
+        return f"{self.root}/{STAGING}/{sweep}/{part}"
+
+    # -- claims ---------------------------------------------------------------
+
+    def claim(self, sweep: SweepRecord, candidates: Iterable[Candidate]) -> Claim:
+        """Claim results for ingestion; results whose point already has a live row are superseded.
+
+        Rows already recorded for a result (ingested, quarantined, superseded) are
+        left as they are and the result is not claimed again.
+        """
+        token = secrets.token_hex(8)
+        claim = Claim(sweep=sweep, token=token)
+        wanted = list(candidates)
+        if not wanted:
+            return claim
+        now = time.time()
+        rows = [
+            {
+                "result_name": c.result_name,
+                "sweep_id": sweep.id,
+                "point_id": c.point_id,
+                "attempt": c.attempt,
+                "live": 1,
+                "state": "claimed",
+                "harvester": self.harvester,
+                "token": token,
+                "lease_until": now + self.lease_seconds,
+                "updated_at": now,
+            }
+            for c in wanted
+        ]
+        with self.state.engine.begin() as conn:
+            known = {
+                r.result_name
+                for r in conn.execute(
+                    sa.select(ledger.c.result_name).where(
+                        ledger.c.result_name.in_([c.result_name for c in wanted])
+                    )
+                )
+            }
+            # One statement: rows that collide with a known result or with a point's
+            # live row are skipped by the engine, atomically.
+            conn.execute(insert_ignore(ledger, self.state.dialect), rows)
+            ours = {
+                r.result_name
+                for r in conn.execute(
+                    sa.select(ledger.c.result_name).where(ledger.c.token == token)
+                )
+            }
+        for cand in wanted:
+            if cand.result_name in ours:
+                claim.results[cand.result_name] = cand
+            elif cand.result_name not in known:
+                claim.superseded.append(cand)
+        self._record_superseded(sweep, claim.superseded, token)
+        return claim
+
+    def _record_superseded(
+        self, sweep: SweepRecord, items: Sequence[Candidate], token: str
+    ) -> None:
+        if not items:
+            return
+        now = time.time()
+        with self.state.engine.begin() as conn:
+            conn.execute(
+                insert_ignore(ledger, self.state.dialect),
+                [
+                    {
+                        "result_name": c.result_name,
+                        "sweep_id": sweep.id,
+                        "point_id": c.point_id,
+                        "attempt": c.attempt,
+                        "live": None,
+                        "state": "superseded",
+                        "harvester": self.harvester,
+                        "token": token,
+                        "lease_until": now,
+                        "reason": "another result of this point is already ingested or claimed",
+                        "updated_at": now,
+                    }
+                    for c in items
+                ],
+            )
+
+    def renew(self, claim: Claim) -> None:
+        """Extend the lease of every result still claimed under ``claim``."""
+        with self.state.engine.begin() as conn:
+            conn.execute(
+                ledger.update()
+                .where(ledger.c.token == claim.token, ledger.c.state == "claimed")
+                .values(lease_until=time.time() + self.lease_seconds)
+            )
+
+    def reject(
+        self, claim: Claim, result_name: str, state: str, reason: str, content_hash: str | None
+    ) -> None:
+        """Record that a claimed result gives no rows (quarantined or lost), freeing its point."""
+        if state not in ("quarantined", "lost"):
+            raise ValueError(f"state must be 'quarantined' or 'lost', not {state!r}")
+        with self.state.engine.begin() as conn:
+            conn.execute(
+                ledger.update()
+                .where(ledger.c.result_name == result_name, ledger.c.token == claim.token)
+                .values(
+                    live=None,
+                    state=state,
+                    reason=reason,
+                    content_hash=content_hash,
+                    updated_at=time.time(),
+                )
+            )
+        claim.results.pop(result_name, None)
+
+    # -- commit ---------------------------------------------------------------
+
+    def commit(
+        self, claim: Claim, table: Any, content_hashes: dict[str, str] | None = None
+    ) -> str | None:
+        """Write ``table`` (rows of every result in ``claim``) as one part, exactly once.
+
+        Returns the part's name, or None when the claim holds no results. Raises
+        HarvestError when the claim was lost (lease expired and released).
+        """
+        import pyarrow.parquet as pq
+
+        names = list(claim.results)
+        if not names:
+            return None
+        sweep = claim.sweep
+        part = f"part-{time.time_ns():x}-{claim.token}.parquet"
+        staged = self._staged_path(sweep.name, part)
+        self.fs.create_dir(staged.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(staged) as out:
+            pq.write_table(table, out, compression="zstd")
+        size = self.fs.get_file_info(staged).size or 0
+        hashes = content_hashes or {}
+        now = time.time()
+        try:
+            with self.state.engine.begin() as conn:
+                updated = 0
+                for name in names:
+                    updated += conn.execute(
+                        ledger.update()
+                        .where(
+                            ledger.c.result_name == name,
+                            ledger.c.token == claim.token,
+                            ledger.c.state == "claimed",
+                        )
+                        .values(
+                            state="committed",
+                            part=part,
+                            content_hash=hashes.get(name),
+                            updated_at=now,
+                        )
+                    ).rowcount
+                if updated != len(names):
+                    raise HarvestError(
+                        f"{len(names) - updated} of {len(names)} claimed results were released "
+                        "(lease expired) before the commit; nothing was written"
+                    )
+                conn.execute(
+                    parts.insert().values(
+                        name=part,
+                        sweep_id=sweep.id,
+                        version=sweep.version,
+                        rows=table.num_rows,
+                        bytes=size,
+                        state="committed",
+                        harvester=self.harvester,
+                        created_at=now,
+                    )
+                )
+        except BaseException:
+            self._remove(staged)
+            raise
+        self._publish(sweep.name, sweep.version, part)
+        claim.results.clear()
+        return part
+
+    def _publish(self, sweep: str, version: int, part: str) -> None:
+        final = self._final_path(sweep, version, part)
+        staged = self._staged_path(sweep, part)
+        if self._exists(staged):
+            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            self.fs.move(staged, final)
+        if not self._exists(final):
+            raise StateError(f"part {part} is committed but neither staged nor published")
+        with self.state.engine.begin() as conn:
+            conn.execute(
+                parts.update()
+                .where(parts.c.name == part, parts.c.state == "committed")
+                .values(state="live")
+            )
+
+    def _exists(self, path: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return bool(self.fs.get_file_info(path).type == pafs.FileType.File)
+
+    def _remove(self, path: str) -> None:
+        if self._exists(path):
+            self.fs.delete_file(path)
+
+    # -- recovery -------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Finish or undo what crashed harvesters left; safe to run at any time, anywhere."""
+        import pyarrow.fs as pafs
+
+        now = time.time()
+        with self.state.engine.connect() as conn:
+            committed = conn.execute(
+                sa.select(parts.c.name, parts.c.version, sweeps.c.name)
+                .join(sweeps, sweeps.c.id == parts.c.sweep_id)
+                .where(parts.c.state == "committed")
+            ).all()
+        published = 0
+        for part, version, sweep in committed:
+            self._publish(sweep, version, part)
+            published += 1
+        with self.state.engine.begin() as conn:
+            released = conn.execute(
+                ledger.delete().where(ledger.c.state == "claimed", ledger.c.lease_until < now)
+            ).rowcount
+            held_tokens = {
+                r.token
+                for r in conn.execute(
+                    sa.select(ledger.c.token)
+                    .where(ledger.c.state == "claimed", ledger.c.lease_until >= now)
+                    .distinct()
+                )
+            }
+            known_parts = {r.name for r in conn.execute(sa.select(parts.c.name))}
+        removed = 0
+        selector = pafs.FileSelector(f"{self.root}/{STAGING}", recursive=True, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File:
+                continue
+            part = info.base_name
+            token = part.rsplit("-", 1)[-1].removesuffix(".parquet")
+            if part in known_parts or token in held_tokens:
+                continue
+            self.fs.delete_file(info.path)
+            removed += 1
+        return RecoveryReport(published=published, released=released, removed_staged=removed)
+
+    # -- reading --------------------------------------------------------------
+
+    def part_paths(self, sweep: str, version: int | None = None) -> list[str]:
+        """Return the paths of the parts the ledger lists for a sweep (one version or all)."""
+        query = (
+            sa.select(parts.c.name, parts.c.version, parts.c.state)
+            .join(sweeps, sweeps.c.id == parts.c.sweep_id)
+            .where(sweeps.c.name == sweep, parts.c.state.in_(["live", "committed"]))
+            .order_by(parts.c.name)
+        )
+        if version is not None:
+            query = query.where(parts.c.version == version)
+        with self.state.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        paths = []
+        for name, ver, state in rows:
+            final = self._final_path(sweep, ver, name)
+            if state == "committed" and not self._exists(final):
+                final = self._staged_path(sweep, name)
+            paths.append(final)
+        return paths
+
+    def read_table(
+        self,
+        sweep: str,
+        *,
+        version: int | None = None,
+        columns: Sequence[str] | None = None,
+        filters: Any = None,
+    ) -> Any:
+        """Read a sweep's rows as a pyarrow Table, with columns and filters pushed down."""
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
+
+        paths = self.part_paths(sweep, version)
+        if not paths:
+            return pa.table({})
+        schemas = [pq.read_schema(p, filesystem=self.fs) for p in paths]
+        try:
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+            raise HarvestError(
+                f"the parts of sweep {sweep!r} disagree on a column type: {exc}"
+            ) from exc
+        dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=self.fs)
+        expr = pq.filters_to_expression(filters) if filters is not None else None
+        return dataset.to_table(columns=list(columns) if columns else None, filter=expr)
+
+    def read(self, sweep: str, **kwargs: Any) -> Any:
+        """Read a sweep's rows as a pandas DataFrame; see :meth:`read_table` for the options."""
+        return self.read_table(sweep, **kwargs).to_pandas()
+
+    # -- compaction -----------------------------------------------------------
+
+    def compact(self, sweep: SweepRecord, *, min_parts: int = 2) -> str | None:
+        """Merge a sweep version's live parts into one; the ledger swaps them in one transaction."""
+        import pyarrow.parquet as pq
+
+        with self.state.engine.connect() as conn:
+            old = [
+                r.name
+                for r in conn.execute(
+                    sa.select(parts.c.name).where(
+                        parts.c.sweep_id == sweep.id,
+                        parts.c.version == sweep.version,
+                        parts.c.state == "live",
+                    )
+                )
+            ]
+        if len(old) < min_parts:
+            return None
+        table = self.read_table(sweep.name, version=sweep.version)
+        token = secrets.token_hex(8)
+        part = f"part-{time.time_ns():x}-{token}.parquet"
+        staged = self._staged_path(sweep.name, part)
+        self.fs.create_dir(staged.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(staged) as out:
+            pq.write_table(table, out, compression="zstd")
+        try:
+            with self.state.engine.begin() as conn:
+                retired = conn.execute(
+                    parts.update()
+                    .where(parts.c.name.in_(old), parts.c.state == "live")
+                    .values(state="retired")
+                ).rowcount
+                if retired != len(old):
+                    raise StateError("the parts changed during compaction; nothing was swapped")
+                conn.execute(
+                    parts.insert().values(
+                        name=part,
+                        sweep_id=sweep.id,
+                        version=sweep.version,
+                        rows=table.num_rows,
+                        bytes=self.fs.get_file_info(staged).size or 0,
+                        state="committed",
+                        harvester=self.harvester,
+                        created_at=time.time(),
+                    )
+                )
+                conn.execute(ledger.update().where(ledger.c.part.in_(old)).values(part=part))
+        except BaseException:
+            self._remove(staged)
+            raise
+        self._publish(sweep.name, sweep.version, part)
+        for name in old:
+            self._remove(self._final_path(sweep.name, sweep.version, name))
+        return part
