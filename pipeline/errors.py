@@ -23,7 +23,9 @@ Celery tasks decide on that flag alone::
     │   └── SubmissionError .... workunits were not created as asked
     ├── StateError ............. the pipeline's state database refused an operation
     └── HarvestError ........... a result archive could not be ingested
-        └── ArchiveRejected .... an archive broke a safety rule; carries the reason
+        ├── ArchiveRejected .... an archive broke a safety rule; carries the reason
+        ├── ChunkStreamError ... the outer tar stream of a chunk broke (recoverable)
+        └── ParseError ......... an output file could not be parsed; carries the reason
 
 ``exit_code`` is what the command line exits with when the error reaches it.
 """
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ArchiveRejected",
     "AuthenticationError",
+    "ChunkStreamError",
     "CommandFailed",
     "ConfigError",
     "ConnectError",
@@ -46,6 +49,7 @@ __all__ = [
     "EngineError",
     "HarvestError",
     "HostKeyError",
+    "ParseError",
     "PipelineError",
     "PlanError",
     "RemoteFileError",
@@ -177,7 +181,24 @@ class HarvestError(PipelineError):
 class ArchiveRejected(HarvestError):
     """A result archive broke a safety rule; ``reason`` says which, for the quarantine record."""
 
-    def __init__(self, reason: str, *, member: str | None = None) -> None:
+    def __init__(self, reason: str, *, member: str | None = None, detail: str = "") -> None:
         self.reason = reason
         self.member = member
-        super().__init__(f"{reason} (member {member!r})" if member else reason)
+        self.detail = detail
+        text = f"{reason}: {detail}" if detail else reason
+        super().__init__(f"{text} (member {member!r})" if member else text)
+
+
+class ChunkStreamError(HarvestError):
+    """The outer tar stream of a harvest chunk is broken or cut short; fetching it again may work."""
+
+    recoverable = True
+
+
+class ParseError(HarvestError):
+    """An output file of a result could not be parsed; ``reason`` says why, for the point's record."""
+
+    def __init__(self, reason: str, *, output: str | None = None) -> None:
+        self.reason = reason
+        self.output = output
+        super().__init__(f"{output}: {reason}" if output else reason)
