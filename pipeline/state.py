@@ -460,6 +460,16 @@ class StateDB:
             ).all()
         return {state: int(n) for state, n in rows}
 
+    def point_rows(self, sweep_id: int) -> list[tuple[str, int, str]]:
+        """Return (point_id, current attempt, state) of every point of a sweep."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(points.c.point_id, points.c.attempt, points.c.state).where(
+                    points.c.sweep_id == sweep_id
+                )
+            ).all()
+        return [(pid, int(att), st) for pid, att, st in rows]
+
     def points_in_state(
         self, sweep_id: int, states: Sequence[str], *, limit: int | None = None
     ) -> list[tuple[str, int, dict[str, Any]]]:

@@ -1,0 +1,269 @@
+"""Read (never write) a BOINC project's MySQL database: the edge that tracking stands on.
+
+Every query selects a sweep's workunits by name prefix (``name LIKE 'prefix%'``
+with ``_`` and ``%`` escaped), which MariaDB answers from the unique index on
+``workunit.name``; BOINC has no index on ``workunit.batch``, so the pipeline
+never filters on it. Results are reached through the index on
+``result.workunitid``. The unsent-result count that queue top-up needs uses the
+``(appid, server_state)`` index, as BOINC's own work generators do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.boinc import ServerState, app, result, workunit
+from pipeline.errors import ConnectError, ServerError
+
+__all__ = ["BoincDB", "ResultRow", "WorkunitRow", "like_prefix"]
+
+#: How many names go into one ``IN (...)`` list.
+IN_CHUNK = 1000
+
+
+def like_prefix(prefix: str) -> str:
+    r"""Return a LIKE pattern matching names that start with ``prefix`` (``\`` escapes)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+@dataclass(frozen=True)
+class WorkunitRow:
+    """What tracking needs of one workunit, with counts of its results by server state."""
+
+    id: int
+    name: str
+    canonical_resultid: int
+    error_mask: int
+    assimilate_state: int
+    n_unsent: int
+    n_in_progress: int
+    n_over: int
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One result of a workunit, as the per-point detail and harvesting need it."""
+
+    id: int
+    name: str
+    workunitid: int
+    server_state: int
+    outcome: int
+    client_state: int
+    validate_state: int
+    exit_status: int
+    hostid: int
+    cpu_time: float
+    elapsed_time: float
+    received_time: int
+    sent_time: int
+
+
+def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class BoincDB:
+    """A read-only view of one BOINC project database."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.engine = engine or sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.engine.dispose()
+
+    def __enter__(self) -> BoincDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, query: Any, params: dict[str, Any] | None = None) -> list[Any]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(query, params or {}))
+        except sa.exc.OperationalError as exc:
+            raise ConnectError(f"BOINC database unreachable: {exc.orig}") from exc
+
+    # -- workunits ------------------------------------------------------------
+
+    def workunit_states_query(self) -> sa.Select[Any]:
+        """The one query that tracking runs per sweep (bind parameter ``pattern``)."""
+        r = result.alias("r")
+        return (
+            sa.select(
+                workunit.c.id,
+                workunit.c.name,
+                workunit.c.canonical_resultid,
+                workunit.c.error_mask,
+                workunit.c.assimilate_state,
+                sa.func.coalesce(
+                    sa.func.sum(sa.case((r.c.server_state <= int(ServerState.UNSENT), 1), else_=0)),
+                    0,
+                ).label("n_unsent"),
+                sa.func.coalesce(
+                    sa.func.sum(
+                        sa.case((r.c.server_state == int(ServerState.IN_PROGRESS), 1), else_=0)
+                    ),
+                    0,
+                ).label("n_in_progress"),
+                sa.func.coalesce(
+                    sa.func.sum(sa.case((r.c.server_state == int(ServerState.OVER), 1), else_=0)),
+                    0,
+                ).label("n_over"),
+            )
+            .select_from(workunit.outerjoin(r, r.c.workunitid == workunit.c.id))
+            .where(workunit.c.name.like(sa.bindparam("pattern"), escape="\\"))
+            .group_by(
+                workunit.c.id,
+                workunit.c.name,
+                workunit.c.canonical_resultid,
+                workunit.c.error_mask,
+                workunit.c.assimilate_state,
+            )
+        )
+
+    def workunit_states(self, prefix: str) -> list[WorkunitRow]:
+        """Return every workunit whose name starts with ``prefix``, in one query."""
+        rows = self._run(self.workunit_states_query(), {"pattern": like_prefix(prefix)})
+        return [
+            WorkunitRow(
+                id=r.id,
+                name=r.name,
+                canonical_resultid=r.canonical_resultid,
+                error_mask=r.error_mask,
+                assimilate_state=r.assimilate_state,
+                n_unsent=int(r.n_unsent),
+                n_in_progress=int(r.n_in_progress),
+                n_over=int(r.n_over),
+            )
+            for r in rows
+        ]
+
+    def existing_workunits(self, names: Iterable[str]) -> dict[str, int]:
+        """Return {name: id} for the given names that exist as workunits."""
+        wanted = list(names)
+        found: dict[str, int] = {}
+        for chunk in _chunks(wanted):
+            for row in self._run(
+                sa.select(workunit.c.name, workunit.c.id).where(workunit.c.name.in_(chunk))
+            ):
+                found[row.name] = int(row.id)
+        return found
+
+    def count_with_prefix(self, prefix: str) -> int:
+        """Return how many workunits have names starting with ``prefix``."""
+        rows = self._run(
+            sa.select(sa.func.count()).where(workunit.c.name.like(like_prefix(prefix), escape="\\"))
+        )
+        return int(rows[0][0])
+
+    def ids_with_prefix(self, prefix: str) -> list[tuple[int, str]]:
+        """Return (id, name) of every workunit with the prefix, ordered by id."""
+        rows = self._run(
+            sa.select(workunit.c.id, workunit.c.name)
+            .where(workunit.c.name.like(like_prefix(prefix), escape="\\"))
+            .order_by(workunit.c.id)
+        )
+        return [(int(r.id), r.name) for r in rows]
+
+    def ids_between(self, low: int, high: int) -> list[tuple[int, str]]:
+        """Return (id, name) of every workunit with ``low <= id <= high`` (the primary key)."""
+        rows = self._run(
+            sa.select(workunit.c.id, workunit.c.name)
+            .where(workunit.c.id.between(low, high))
+            .order_by(workunit.c.id)
+        )
+        return [(int(r.id), r.name) for r in rows]
+
+    # -- results --------------------------------------------------------------
+
+    def results_of(self, workunit_ids: Iterable[int]) -> list[ResultRow]:
+        """Return every result of the given workunits (index on ``result.workunitid``)."""
+        ids = list(workunit_ids)
+        out: list[ResultRow] = []
+        for chunk in _chunks(ids):
+            for r in self._run(
+                sa.select(
+                    result.c.id,
+                    result.c.name,
+                    result.c.workunitid,
+                    result.c.server_state,
+                    result.c.outcome,
+                    result.c.client_state,
+                    result.c.validate_state,
+                    result.c.exit_status,
+                    result.c.hostid,
+                    result.c.cpu_time,
+                    result.c.elapsed_time,
+                    result.c.received_time,
+                    result.c.sent_time,
+                )
+                .where(result.c.workunitid.in_(chunk))
+                .order_by(result.c.id)
+            ):
+                out.append(
+                    ResultRow(
+                        id=int(r.id),
+                        name=r.name,
+                        workunitid=int(r.workunitid),
+                        server_state=int(r.server_state),
+                        outcome=int(r.outcome),
+                        client_state=int(r.client_state),
+                        validate_state=int(r.validate_state),
+                        exit_status=int(r.exit_status),
+                        hostid=int(r.hostid),
+                        cpu_time=float(r.cpu_time),
+                        elapsed_time=float(r.elapsed_time),
+                        received_time=int(r.received_time),
+                        sent_time=int(r.sent_time),
+                    )
+                )
+        return out
+
+    # -- apps and the queue ---------------------------------------------------
+
+    def app_id(self, name: str) -> int:
+        """Return the id of the app called ``name``; a missing app is a ServerError."""
+        rows = self._run(sa.select(app.c.id).where(app.c.name == name))
+        if not rows:
+            raise ServerError(
+                f"the BOINC project has no app named {name!r}; create it (bin/xadd or "
+                "project.xml + bin/update_versions) or fix `app` in the spec"
+            )
+        return int(rows[0][0])
+
+    def unsent_results(self, appid: int) -> int:
+        """Count the app's results waiting to be sent (``server_state <= 2``)."""
+        rows = self._run(
+            sa.select(sa.func.count()).where(
+                result.c.appid == appid, result.c.server_state <= int(ServerState.UNSENT)
+            )
+        )
+        return int(rows[0][0])
+
+    def untransitioned(self, appid: int, now: int) -> int:
+        """Count the results the transitioner has yet to create for the app's new workunits.
+
+        A new workunit is due for transition at once (``transition_time`` = its
+        creation time) and has no results until the transitioner runs; each will
+        add ``target_nresults`` unsent results, so top-up counts them as queued.
+        The condition on ``transition_time`` uses BOINC's index on that column.
+        """
+        r = result.alias("r")
+        rows = self._run(
+            sa.select(sa.func.coalesce(sa.func.sum(workunit.c.target_nresults), 0)).where(
+                workunit.c.appid == appid,
+                workunit.c.transition_time <= now,
+                ~sa.exists().where(r.c.workunitid == workunit.c.id),
+            )
+        )
+        return int(rows[0][0])

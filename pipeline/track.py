@@ -1,0 +1,170 @@
+"""Where every point of a sweep stands: BOINC's view merged with the pipeline's own record.
+
+The core is pure: :func:`classify` maps one workunit's BOINC columns to a state,
+:func:`failure_reason` explains a failed one from its ``error_mask`` and its
+results. :func:`track_sweep` is the thin edge that runs one query per sweep on
+the BOINC database, updates the state database and returns the counts.
+
+States, with the BOINC facts behind them (reference, sections 3 and 6):
+
+- ``planned``: no workunit yet (pipeline record only);
+- ``queued``: the workunit exists and none of its results is on a volunteer's
+  computer (unsent, or the transitioner has not created them yet);
+- ``running``: at least one result is IN_PROGRESS, or a canonical result waits
+  for assimilation;
+- ``done``: ``canonical_resultid > 0``, ``error_mask = 0``, ``assimilate_state = 2``;
+- ``failed``: ``error_mask != 0`` other than cancellation; failed workunits are
+  assimilated too, so ``assimilate_state = 2`` alone never means success;
+- ``cancelled``: ``error_mask`` has bit 16 (wins over failed);
+- ``purged``: the workunit is gone from BOINC's tables (``db_purge``) but the
+  pipeline recorded it; its last known outcome stays in the state database;
+- ``lost`` and ``bad_output``: set by harvesting (done, but no usable file).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pipeline.boinc import AssimilateState, ClientState, ErrorMask, Outcome, ServerState
+from pipeline.boincdb import BoincDB, ResultRow, WorkunitRow
+from pipeline.plan import sweep_name_prefix, wu_name
+from pipeline.state import StateDB, SweepRecord
+
+__all__ = ["STATUS_ORDER", "SweepStatus", "classify", "failure_reason", "track_sweep"]
+
+STATUS_ORDER = (
+    "planned",
+    "queued",
+    "running",
+    "done",
+    "harvested",
+    "failed",
+    "exhausted",
+    "cancelled",
+    "lost",
+    "bad_output",
+    "purged",
+)
+
+
+def classify(wu: WorkunitRow) -> str:
+    """Return the state of one workunit from its BOINC columns and result counts."""
+    if wu.error_mask & ErrorMask.CANCELLED:
+        return "cancelled"
+    if wu.error_mask:
+        return "failed"
+    if wu.canonical_resultid > 0:
+        return "done" if wu.assimilate_state == AssimilateState.DONE else "running"
+    if wu.n_in_progress > 0:
+        return "running"
+    return "queued"
+
+
+def _describe_result(r: ResultRow) -> str:
+    try:
+        outcome = Outcome(r.outcome).name.lower()
+    except ValueError:
+        outcome = f"outcome {r.outcome}"
+    if r.outcome == Outcome.CLIENT_ERROR:
+        try:
+            client = ClientState(r.client_state).name.lower()
+        except ValueError:
+            client = f"client_state {r.client_state}"
+        return f"{outcome} ({client}, exit status {r.exit_status})"
+    return outcome
+
+
+def failure_reason(error_mask: int, results: Iterable[ResultRow]) -> str:
+    """Explain a failed workunit: the error_mask bits by name, then what its results did."""
+    bits = [flag.name.lower() for flag in ErrorMask if error_mask & flag and flag.name]
+    finished = [r for r in results if r.server_state == ServerState.OVER]
+    tally = Counter(_describe_result(r) for r in finished if r.outcome != Outcome.SUCCESS)
+    detail = ", ".join(f"{n}x {what}" for what, n in tally.most_common())
+    head = "+".join(bits) if bits else f"error_mask {error_mask}"
+    return f"{head}: {detail}" if detail else head
+
+
+@dataclass
+class SweepStatus:
+    """Counts of a sweep's points by state, and the reasons of the failures."""
+
+    sweep: str
+    version: int
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    checked_at: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        """Return a JSON-ready dict of the status."""
+        return {
+            "sweep": self.sweep,
+            "version": self.version,
+            "total": self.total,
+            "counts": {k: self.counts.get(k, 0) for k in STATUS_ORDER},
+            "failure_reasons": self.failure_reasons,
+            "checked_at": self.checked_at,
+        }
+
+
+#: Point states that tracking never overwrites: harvesting's verdicts, and the end of retries.
+_STICKY = ("harvested", "lost", "bad_output", "exhausted")
+#: Workunit states that end an attempt: its outcome is recorded once.
+_FINAL = ("done", "failed", "cancelled")
+
+
+def track_sweep(state: StateDB, boinc: BoincDB, sweep: SweepRecord) -> SweepStatus:
+    """Read a sweep's workunits from BOINC in one query and bring the state database up to date."""
+    rows = {
+        wu.name: wu for wu in boinc.workunit_states(sweep_name_prefix(sweep.name, sweep.version))
+    }
+    attempts = {a.wu_name: a for a in state.attempts_of(sweep.id)}
+    failed_ids = [
+        wu.id for wu in rows.values() if wu.error_mask and not wu.error_mask & ErrorMask.CANCELLED
+    ]
+    results_by_wu: dict[int, list[ResultRow]] = {}
+    for r in boinc.results_of(failed_ids) if failed_ids else []:
+        results_by_wu.setdefault(r.workunitid, []).append(r)
+
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    point_updates: list[tuple[str, str, str | None]] = []
+    finished: list[tuple[str, str, str | None]] = []
+    points = state.point_rows(sweep.id)
+    for pid, attempt, known in points:
+        if attempt == 0:
+            counts["planned"] += 1
+            continue
+        name = wu_name(sweep.name, sweep.version, pid, attempt)
+        record = attempts.get(name)
+        wu = rows.get(name)
+        if known in _STICKY:
+            counts[known] += 1
+        elif wu is None:
+            pending = record is not None and record.submitted_at is None
+            counts["planned" if pending else "purged"] += 1
+        else:
+            status = classify(wu)
+            reason = None
+            if status == "failed":
+                reason = failure_reason(wu.error_mask, results_by_wu.get(wu.id, []))
+                reasons[reason] += 1
+            counts[status] += 1
+            target = status if status in _FINAL else "submitted"
+            if target != known:
+                point_updates.append((pid, target, reason))
+            if status in _FINAL and record is not None and record.outcome is None:
+                finished.append((name, status, reason))
+    state.set_point_states(sweep.id, point_updates)
+    state.finish_attempts(finished)
+    return SweepStatus(
+        sweep=sweep.name,
+        version=sweep.version,
+        total=len(points),
+        counts=dict(counts),
+        failure_reasons=dict(reasons),
+        checked_at=time.time(),
+    )

@@ -1,0 +1,135 @@
+"""Tracking: state classification (pure), failure reasons, and the queries on a real MariaDB."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline import boinc
+from pipeline.boinc import ErrorMask, Outcome, ServerState
+from pipeline.boincdb import BoincDB, ResultRow, WorkunitRow, like_prefix
+from pipeline.track import classify, failure_reason
+
+
+def _wu(**kw: int) -> WorkunitRow:
+    base = dict(
+        id=1,
+        canonical_resultid=0,
+        error_mask=0,
+        assimilate_state=0,
+        n_unsent=0,
+        n_in_progress=0,
+        n_over=0,
+    )
+    base.update(kw)
+    return WorkunitRow(name="s_v1_0123456789abcdef_a1", **base)
+
+
+def _result(outcome: int, exit_status: int = 0, client_state: int = 0) -> ResultRow:
+    return ResultRow(
+        id=1,
+        name="r",
+        workunitid=1,
+        server_state=int(ServerState.OVER),
+        outcome=outcome,
+        client_state=client_state,
+        validate_state=0,
+        exit_status=exit_status,
+        hostid=1,
+        cpu_time=0.0,
+        elapsed_time=0.0,
+        received_time=0,
+        sent_time=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        ({}, "queued"),
+        ({"n_unsent": 1}, "queued"),
+        ({"n_in_progress": 1, "n_unsent": 1}, "running"),
+        ({"canonical_resultid": 7, "assimilate_state": 1}, "running"),
+        ({"canonical_resultid": 7, "assimilate_state": 2}, "done"),
+        # Failed and cancelled workunits are assimilated too: state 2 is not success.
+        ({"error_mask": 2, "assimilate_state": 2}, "failed"),
+        ({"error_mask": 16, "assimilate_state": 2}, "cancelled"),
+        ({"error_mask": 16 | 2, "assimilate_state": 2}, "cancelled"),
+        ({"error_mask": 4, "canonical_resultid": 7, "assimilate_state": 2}, "failed"),
+    ],
+)
+def test_classify_follows_boinc_columns(columns: dict[str, int], expected: str) -> None:
+    assert classify(_wu(**columns)) == expected
+
+
+def test_failure_reason_names_bits_and_results() -> None:
+    results = [
+        _result(Outcome.CLIENT_ERROR, exit_status=3, client_state=3),
+        _result(Outcome.CLIENT_ERROR, exit_status=3, client_state=3),
+        _result(Outcome.NO_REPLY),
+        _result(Outcome.SUCCESS),
+    ]
+    reason = failure_reason(int(ErrorMask.TOO_MANY_ERROR_RESULTS), results)
+    assert reason == (
+        "too_many_error_results: 2x client_error (compute_error, exit status 3), 1x no_reply"
+    )
+    assert failure_reason(32 | 8, []) == "too_many_total_results+no_canonical_result"
+
+
+def test_like_prefix_escapes_wildcards() -> None:
+    assert like_prefix("a_b%c\\") == "a\\_b\\%c\\\\%"
+
+
+@pytest.fixture
+def boinc_mariadb(mariadb_url: str) -> Iterator[BoincDB]:
+    engine = sa.create_engine(mariadb_url)
+    boinc.metadata.create_all(engine)
+    db = BoincDB(mariadb_url, engine=engine)
+    yield db
+    db.close()
+
+
+def _full_row(table: sa.Table, **values: object) -> dict[str, object]:
+    """Give every NOT NULL column without a default a zero value, as create_work writes them."""
+    row: dict[str, object] = {}
+    for col in table.columns:
+        if col.autoincrement is True or col.primary_key or col.nullable:
+            continue
+        if col.server_default is None:
+            row[col.name] = "" if isinstance(col.type, sa.String) else 0
+    row.update(values)
+    return row
+
+
+def _insert_workunits(db: BoincDB, names: list[str]) -> None:
+    now = int(time.time())
+    rows = [
+        _full_row(boinc.workunit, create_time=now, appid=1, name=n, transition_time=now)
+        for n in names
+    ]
+    with db.engine.begin() as conn:
+        conn.execute(sa.insert(boinc.workunit), rows)
+
+
+def test_prefix_query_uses_the_name_index_on_mariadb(boinc_mariadb: BoincDB) -> None:
+    ours = [f"grid_v1_{i:016x}_a1" for i in range(50)]
+    others = [f"grid_v10_{i:016x}_a1" for i in range(50)] + [
+        f"gridx_v1_{i:016x}_a1" for i in range(50)
+    ]
+    _insert_workunits(boinc_mariadb, ours + others + [f"other_{i}" for i in range(500)])
+    with boinc_mariadb.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE TABLE workunit")
+        query = boinc_mariadb.workunit_states_query().params(pattern=like_prefix("grid_v1_"))
+        compiled = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        sql = str(compiled).replace("%%", "%")
+        plan = conn.exec_driver_sql(f"EXPLAIN {sql}".replace("%", "%%")).mappings().all()
+    wu_plan = next(p for p in plan if p["table"] == "workunit")
+    assert wu_plan["key"] == "name", plan
+    assert wu_plan["type"] == "range", plan
+    states = boinc_mariadb.workunit_states("grid_v1_")
+    assert sorted(w.name for w in states) == ours
+    assert boinc_mariadb.count_with_prefix("grid_v1_") == 50
+    assert set(boinc_mariadb.existing_workunits([*ours[:3], "nope"])) == set(ours[:3])
