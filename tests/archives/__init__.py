@@ -1,4 +1,4 @@
-"""Build result archives, good and hostile, in memory at test time (nothing is committed or written).
+"""Build result archives, good and hostile, in memory at test time; nothing is written to disk.
 
 Everything here returns bytes or a file-like object; nothing touches the disk.
 Large archives (a gigabyte of zeros) are produced without ever holding the
