@@ -470,6 +470,18 @@ class StateDB:
             ).all()
         return [(pid, int(att), st) for pid, att, st in rows]
 
+    def point_reasons(self, sweep_id: int, states: Sequence[str]) -> dict[str, str]:
+        """Return {point_id: reason} for points in any of ``states`` that have a reason."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(points.c.point_id, points.c.reason).where(
+                    points.c.sweep_id == sweep_id,
+                    points.c.state.in_(list(states)),
+                    points.c.reason.is_not(None),
+                )
+            ).all()
+        return {pid: reason for pid, reason in rows}
+
     def points_in_state(
         self, sweep_id: int, states: Sequence[str], *, limit: int | None = None
     ) -> list[tuple[str, int, dict[str, Any]]]:
