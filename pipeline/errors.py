@@ -18,6 +18,7 @@ Celery tasks decide on that flag alone::
     │   ├── ContainerError ..... the Docker container is missing or not running
     │   ├── EngineError ........ the Docker engine refused the request (API version, ...)
     │   ├── RemoteFileError .... a remote file or folder is missing or unreadable
+    │   │   └── MissingFilesError  files asked for in a tar stream were left out; lists them
     │   └── CommandFailed ...... a program exited non-zero; carries its CommandResult
     ├── ServerError ............ the BOINC server did something unexpected
     │   └── SubmissionError .... workunits were not created as asked
@@ -49,6 +50,7 @@ __all__ = [
     "EngineError",
     "HarvestError",
     "HostKeyError",
+    "MissingFilesError",
     "ParseError",
     "PipelineError",
     "PlanError",
@@ -149,6 +151,16 @@ class EngineError(TransportError):
 
 class RemoteFileError(TransportError):
     """A file or folder on the server is missing or cannot be read or written."""
+
+
+class MissingFilesError(RemoteFileError):
+    """Some requested server files were missing or unreadable; ``missing`` maps path to reason."""
+
+    def __init__(self, missing: dict[str, str]) -> None:
+        self.missing = dict(sorted(missing.items()))
+        shown = ", ".join(f"{p} ({why})" for p, why in list(self.missing.items())[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        super().__init__(f"{len(missing)} file(s) could not be streamed: {shown}{more}")
 
 
 class CommandFailed(TransportError):
