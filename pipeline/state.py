@@ -470,6 +470,22 @@ class StateDB:
             ).all()
         return [(pid, int(att), st) for pid, att, st in rows]
 
+    def point_table(self, sweep_id: int) -> list[tuple[str, int, str, str | None, dict[str, Any]]]:
+        """Return (point_id, attempt, state, reason, params) of every point, by point id."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    points.c.point_id,
+                    points.c.attempt,
+                    points.c.state,
+                    points.c.reason,
+                    points.c.params_json,
+                )
+                .where(points.c.sweep_id == sweep_id)
+                .order_by(points.c.point_id)
+            ).all()
+        return [(p, int(a), s, r, json.loads(pj)) for p, a, s, r, pj in rows]
+
     def point_reasons(self, sweep_id: int, states: Sequence[str]) -> dict[str, str]:
         """Return {point_id: reason} for points in any of ``states`` that have a reason."""
         with self.engine.connect() as conn:

@@ -230,25 +230,37 @@ class ResultStore:
     # -- commit ---------------------------------------------------------------
 
     def commit(
-        self, claim: Claim, table: Any, content_hashes: dict[str, str] | None = None
+        self,
+        claim: Claim,
+        data: Any,
+        content_hashes: dict[str, str] | None = None,
+        *,
+        results: Sequence[str] | None = None,
     ) -> str | None:
-        """Write ``table`` (rows of every result in ``claim``) as one part, exactly once.
+        """Write the rows of claimed results as one part, exactly once; return the part's name.
 
-        Returns the part's name, or None when the claim holds no results. Raises
-        HarvestError when the claim was lost (lease expired and released).
+        ``data`` is a pyarrow Table, or an iterable of Tables / RecordBatches that
+        is written as it comes (memory stays flat for a huge point); ``results``
+        names the claimed results the rows belong to (all of the claim's by
+        default). Results with no rows at all are committed without a part, and
+        None is returned. Raises HarvestError when a claim was lost (its lease
+        expired and recovery released it); nothing is then written.
         """
-        import pyarrow.parquet as pq
-
-        names = list(claim.results)
+        names = list(claim.results) if results is None else list(results)
         if not names:
             return None
         sweep = claim.sweep
-        part = f"part-{time.time_ns():x}-{claim.token}.parquet"
-        staged = self._staged_path(sweep.name, part)
-        self.fs.create_dir(staged.rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(staged) as out:
-            pq.write_table(table, out, compression="zstd")
-        size = self.fs.get_file_info(staged).size or 0
+        part: str | None = f"part-{time.time_ns():x}-{claim.token}.parquet"
+        staged = self._staged_path(sweep.name, str(part))
+        try:
+            rows = self._write_part(staged, data)
+        except BaseException:
+            self._remove(staged)
+            raise
+        size = self.fs.get_file_info(staged).size or 0 if rows else 0
+        if not rows:
+            self._remove(staged)
+            part = None
         hashes = content_hashes or {}
         now = time.time()
         try:
@@ -274,24 +286,60 @@ class ResultStore:
                         f"{len(names) - updated} of {len(names)} claimed results were released "
                         "(lease expired) before the commit; nothing was written"
                     )
-                conn.execute(
-                    parts.insert().values(
-                        name=part,
-                        sweep_id=sweep.id,
-                        version=sweep.version,
-                        rows=table.num_rows,
-                        bytes=size,
-                        state="committed",
-                        harvester=self.harvester,
-                        created_at=now,
+                if part is not None:
+                    conn.execute(
+                        parts.insert().values(
+                            name=part,
+                            sweep_id=sweep.id,
+                            version=sweep.version,
+                            rows=rows,
+                            bytes=size,
+                            state="committed",
+                            harvester=self.harvester,
+                            created_at=now,
+                        )
                     )
-                )
         except BaseException:
             self._remove(staged)
             raise
-        self._publish(sweep.name, sweep.version, part)
-        claim.results.clear()
+        for name in names:
+            claim.results.pop(name, None)
+        if part is not None:
+            self._publish(sweep.name, sweep.version, part)
         return part
+
+    def _write_part(self, path: str, data: Any) -> int:
+        """Write a Table or an iterable of Tables/RecordBatches to ``path``; return the rows."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pieces = [data] if isinstance(data, pa.Table | pa.RecordBatch) else data
+        rows = 0
+        writer: Any = None
+        try:
+            for piece in pieces:
+                if writer is None:
+                    schema = piece.schema
+                    out = self.fs.open_output_stream(path)
+                    writer = pq.ParquetWriter(out, schema, compression="zstd")
+                elif piece.schema != schema:
+                    try:
+                        piece = piece.cast(schema)
+                    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+                        raise HarvestError(
+                            f"rows of one part disagree on their columns: {exc}"
+                        ) from exc
+                if isinstance(piece, pa.RecordBatch):
+                    writer.write_batch(piece)
+                else:
+                    writer.write_table(piece)
+                rows += piece.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+                out.close()
+        return rows
 
     def _publish(self, sweep: str, version: int, part: str) -> None:
         final = self._final_path(sweep, version, part)
