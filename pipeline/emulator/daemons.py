@@ -653,6 +653,18 @@ class Daemons:
                 ),
                 sent,
             )
+            # The scheduler pulls the workunit's transition_time in to the deadline
+            # (update_wu_on_send), so the transitioner sees a timeout in time.
+            deadline = sa.bindparam("report_deadline")
+            conn.execute(
+                sa.update(WU)
+                .where(WU.c.id == sa.bindparam("b_wu"), WU.c.transition_time > deadline)
+                .values(transition_time=deadline),
+                [
+                    {"b_wu": row.workunitid, "report_deadline": s["report_deadline"]}
+                    for (_h, row), s in zip(picks, sent, strict=True)
+                ],
+            )
             got = {
                 rid
                 for (rid,) in conn.execute(
