@@ -1,0 +1,785 @@
+"""Turn the output files of one result into Arrow rows, following the sweep's declared outputs.
+
+Each declared output (an ``OutputSpec``: a file name or fnmatch glob, a kind and
+options) is parsed into a ``pyarrow.Table``; the outputs of one point are then
+combined into the point's rows by :func:`assemble_rows` (members in memory) or
+:func:`assemble_stream` (large csv/tsv/jsonl members parsed as streams).
+
+Kinds and what they give:
+
+``csv`` / ``tsv``
+    pyarrow's CSV reader (streaming reader for large members); the first line
+    is the header; ``delimiter`` overrides ``,`` / tab. An empty file gives no
+    rows and no columns; a header alone gives no rows.
+``json``
+    an object gives one row, a list of objects one row each; anything else is
+    a parse error. Nested objects are flattened with dots (``{"a": {"b": 1}}``
+    gives column ``a.b``); lists inside a row are kept as JSON text.
+``jsonl``
+    one object per line, as ``json``; blank lines are skipped.
+``npy``
+    a 0-d array gives one row, a 1-d array one column, both named after the
+    file's stem (``chi2.npy`` → ``chi2``); a 2-d array gives one row per array
+    row with columns ``c0`` … ``c<n-1>``; a 1-d structured array one column per
+    field. More dimensions are a parse error. Pickled objects are refused.
+``npz``
+    one column per key: 0-d arrays are scalars (broadcast), 1-d arrays columns,
+    2-d arrays columns ``<key>.c0`` …; every non-scalar array must have the same
+    length.
+``keyvalue``
+    ``key<separator>value`` lines (separator ``=`` by default, split at its
+    first occurrence, both sides stripped); blank lines and lines starting
+    with ``#`` are skipped; a line without the separator or a repeated key is a
+    parse error. Gives one row; values are converted by :func:`convert_value`.
+``regex``
+    the pattern (``re.MULTILINE``) is searched through the text; every match
+    gives one row of its named groups, converted by :func:`convert_value`.
+    Bytes that are not UTF-8 are replaced.
+``python``
+    ``parser`` names a function (``pkg.mod:func`` or ``pkg.mod.func``) called as
+    ``func(data: bytes, name: str)``; it returns an iterable of dict rows. An
+    import error or an exception it raises becomes a parse error.
+
+When ``file`` is a glob (it has ``*``, ``?`` or ``[``), every member it matches
+is parsed and the rows are concatenated in name order, with a column
+``output_file`` holding the member's name. ``prefix`` renames every column of an
+output to ``<prefix>.<column>`` (``output_file`` included).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import re
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import IO, Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from pipeline.errors import ParseError
+
+__all__ = [
+    "STREAMABLE_KINDS",
+    "MemberLike",
+    "OutputLike",
+    "OutputProblem",
+    "PointRows",
+    "assemble_rows",
+    "assemble_stream",
+    "convert_value",
+    "is_glob",
+    "iter_batches",
+    "parse_output",
+]
+
+STREAMABLE_KINDS = frozenset({"csv", "tsv", "jsonl"})
+OUTPUT_FILE_COLUMN = "output_file"
+MiB = 1 << 20
+
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
+
+
+class OutputLike(Protocol):
+    """What the parsers need of a declared output (``pipeline.spec.OutputSpec`` fits)."""
+
+    @property
+    def file(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def prefix(self) -> str | None: ...
+    @property
+    def required(self) -> bool: ...
+    @property
+    def pattern(self) -> str | None: ...
+    @property
+    def parser(self) -> str | None: ...
+    @property
+    def separator(self) -> str: ...
+    @property
+    def delimiter(self) -> str | None: ...
+
+
+class MemberLike(Protocol):
+    """A member of an archive being read (``pipeline.archive.Member`` fits)."""
+
+    name: str
+    size: int
+
+    def read(self, n: int = -1) -> bytes: ...
+    def stream(self, buffer_size: int = ...) -> io.BufferedReader: ...
+
+
+@dataclass(frozen=True)
+class OutputProblem:
+    """Why one declared output spoiled a point: ``code`` is missing, parse_error, ... ."""
+
+    output: str
+    code: str
+    message: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+
+# -- values ---------------------------------------------------------------------------
+
+
+def convert_value(text: str) -> bool | int | float | str | None:
+    """Convert one text value the TOML-lite way, for keyvalue and regex outputs.
+
+    Empty → None; ``true``/``false`` (any case) → bool; an integer literal →
+    int; a decimal or exponent literal, ``inf`` or ``nan`` → float; a value in
+    double quotes → the JSON string inside; in single quotes → the text inside;
+    anything else → the text unchanged.
+    """
+    if text == "":
+        return None
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        return value if isinstance(value, str) else text
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        return text[1:-1]
+    return text
+
+
+def _column(values: list[Any]) -> pa.Array:
+    """Return an Arrow array of the values; mixed or oversized types fall back to text."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+        return pa.array(
+            [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values],
+            type=pa.string(),
+        )
+
+
+def _flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    columns: dict[str, list[Any]] = {}
+    n = 0
+    for row in rows:
+        for key in columns.keys() - row.keys():
+            columns[key].append(None)
+        for key, value in row.items():
+            if key not in columns:
+                columns[key] = [None] * n
+            columns[key].append(value)
+        n += 1
+    if not columns:
+        return _empty(n)
+    return pa.table({k: _column(v) for k, v in columns.items()})
+
+
+def _empty(rows: int, names: Iterable[str] = ()) -> pa.Table:
+    """Return a table with ``rows`` rows and null-typed columns ``names`` (possibly none)."""
+    table = pa.table({"_": pa.nulls(rows), **{n: pa.nulls(rows) for n in names}})
+    return table.drop_columns(["_"])
+
+
+# -- parsers, one per kind ------------------------------------------------------------
+
+
+def _csv_options(spec: OutputLike) -> pa_csv.ParseOptions:
+    delimiter = spec.delimiter or ("\t" if spec.kind == "tsv" else ",")
+    return pa_csv.ParseOptions(delimiter=delimiter)
+
+
+def _check_names(table_or_schema: pa.Table | pa.Schema) -> None:
+    names = (
+        table_or_schema.names
+        if isinstance(table_or_schema, pa.Schema)
+        else (table_or_schema.column_names)
+    )
+    seen: set[str] = set()
+    for n in names:
+        if n == "":
+            raise ParseError("a column has an empty name")
+        if n in seen:
+            raise ParseError(f"column {n!r} appears twice in the header")
+        seen.add(n)
+
+
+def _parse_csv(spec: OutputLike, data: bytes) -> pa.Table:
+    read = pa_csv.ReadOptions(block_size=max(len(data) + 1, MiB))
+    try:
+        table = pa_csv.read_csv(
+            io.BytesIO(data), read_options=read, parse_options=_csv_options(spec)
+        )
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return _empty(0)
+        raise ParseError(f"invalid {spec.kind}: {exc}") from exc
+    _check_names(table)
+    return table
+
+
+def _decode(data: bytes, *, strict: bool) -> str:
+    try:
+        return data.decode("utf-8", "strict" if strict else "replace")
+    except UnicodeDecodeError as exc:
+        raise ParseError(f"not UTF-8 text (byte {exc.start})") from exc
+
+
+def _json_rows(value: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(value, dict):
+        return [_flatten(value)]
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        return [_flatten(v) for v in value]
+    got = type(value).__name__
+    if isinstance(value, list):
+        got = "a list holding non-objects"
+    raise ParseError(f"{where}must be a JSON object or a list of objects, got {got}")
+
+
+def _parse_json(data: bytes) -> pa.Table:
+    try:
+        value = json.loads(_decode(data, strict=True))
+    except ValueError as exc:
+        raise ParseError(f"invalid JSON: {exc}") from exc
+    return _rows_to_table(_json_rows(value, ""))
+
+
+def _jsonl_rows(lines: Iterable[bytes], first_line: int = 1) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(lines, first_line):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(_decode(line, strict=True))
+        except ParseError as exc:
+            raise ParseError(f"line {number}: {exc.reason}") from exc
+        except ValueError as exc:
+            raise ParseError(f"line {number}: invalid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ParseError(f"line {number}: must be a JSON object, got {type(value).__name__}")
+        rows.append(_flatten(value))
+    return rows
+
+
+def _numpy_table(columns: dict[str, np.ndarray[Any, Any]]) -> pa.Table:
+    scalars = {k: v for k, v in columns.items() if v.ndim == 0}
+    vectors = {k: v for k, v in columns.items() if v.ndim == 1}
+    lengths = {len(v) for v in vectors.values()}
+    if len(lengths) > 1:
+        detail = ", ".join(f"{k}: {len(v)}" for k, v in vectors.items())
+        raise ParseError(f"arrays have different lengths ({detail})")
+    n = lengths.pop() if lengths else 1
+    out: dict[str, pa.Array] = {}
+    try:
+        for k, v in columns.items():
+            if k in scalars:
+                out[k] = (
+                    pa.array([v.item()] * n) if n else pa.array([], pa.from_numpy_dtype(v.dtype))
+                )
+            else:
+                out[k] = pa.array(v)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise ParseError(f"array type not supported: {exc}") from exc
+    return pa.table(out) if out else _empty(n)
+
+
+def _array_columns(key: str, arr: np.ndarray[Any, Any], *, in_npz: bool) -> dict[str, Any]:
+    if arr.dtype.names:  # structured
+        if arr.ndim != 1:
+            raise ParseError(f"{key}: a structured array must be 1-d, got {arr.ndim}-d")
+        return {f"{key}.{f}" if in_npz else f: arr[f] for f in arr.dtype.names}
+    if arr.ndim <= 1:
+        return {key: arr}
+    if arr.ndim == 2:
+        return {f"{key}.c{j}" if in_npz else f"c{j}": arr[:, j] for j in range(arr.shape[1])}
+    raise ParseError(f"{key}: arrays of more than 2 dimensions are not supported ({arr.shape})")
+
+
+def _stem(name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] if "." in base else base
+
+
+def _parse_npy(data: bytes, name: str) -> pa.Table:
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ParseError(f"invalid .npy data: {exc}") from exc
+    if not isinstance(arr, np.ndarray):
+        raise ParseError("not a .npy array (an .npz archive?)")
+    return _numpy_table(_array_columns(_stem(name), arr, in_npz=False))
+
+
+def _parse_npz(data: bytes, max_bytes: int) -> pa.Table:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            total = sum(i.file_size for i in infos)
+            if total > max_bytes or len(infos) > 10_000:
+                raise ParseError(f".npz expands to {total} bytes in {len(infos)} arrays: too large")
+        npz = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ParseError("not an .npz archive")
+        columns: dict[str, Any] = {}
+        with npz:
+            for key in npz.files:
+                columns.update(_array_columns(key, npz[key], in_npz=True))
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ParseError(f"invalid .npz data: {exc}") from exc
+    return _numpy_table(columns)
+
+
+def _parse_keyvalue(spec: OutputLike, data: bytes) -> pa.Table:
+    sep = spec.separator
+    row: dict[str, Any] = {}
+    first: dict[str, int] = {}
+    for number, raw in enumerate(_decode(data, strict=True).splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, found, value = line.partition(sep)
+        key = key.strip()
+        if not found:
+            raise ParseError(f"line {number}: no {sep!r} in {raw!r}")
+        if not key:
+            raise ParseError(f"line {number}: empty key in {raw!r}")
+        if key in first:
+            raise ParseError(f"line {number}: key {key!r} already set on line {first[key]}")
+        first[key] = number
+        row[key] = convert_value(value.strip())
+    return _rows_to_table([row])
+
+
+def _parse_regex(spec: OutputLike, data: bytes) -> pa.Table:
+    try:
+        rx = re.compile(spec.pattern or "", re.MULTILINE)
+    except re.error as exc:
+        raise ParseError(f"invalid pattern {spec.pattern!r}: {exc}") from exc
+    if not rx.groupindex:
+        raise ParseError(f"pattern {spec.pattern!r} has no named groups")
+    text = _decode(data, strict=False)
+    rows = [
+        {k: None if v is None else convert_value(v) for k, v in m.groupdict().items()}
+        for m in rx.finditer(text)
+    ]
+    return _rows_to_table(rows) if rows else _empty(0, rx.groupindex)
+
+
+def _load_parser(path: str) -> Callable[[bytes, str], Iterable[Mapping[str, Any]]]:
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ParseError(f"parser {path!r} is not 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code
+        raise ParseError(f"cannot import parser {path!r}: {type(exc).__name__}: {exc}") from exc
+    func = getattr(module, attr, None)
+    if not callable(func):
+        raise ParseError(f"parser {path!r}: module {module_name!r} has no function {attr!r}")
+    return func
+
+
+def _parse_python(spec: OutputLike, data: bytes, name: str) -> pa.Table:
+    path = spec.parser or ""
+    func = _load_parser(path)
+    try:
+        rows = []
+        for row in func(data, name):
+            if not isinstance(row, Mapping):
+                raise ParseError(f"parser {path!r} yielded {type(row).__name__}, not a dict row")
+            rows.append(_flatten(row))
+    except ParseError:
+        raise
+    except Exception as exc:  # the user's parser may raise anything
+        raise ParseError(f"parser {path!r} raised {type(exc).__name__}: {exc}") from exc
+    return _rows_to_table(rows)
+
+
+def parse_output(
+    spec: OutputLike, data: bytes, name: str, *, max_npz_bytes: int = 512 * MiB
+) -> pa.Table:
+    """Parse one member's bytes as ``spec.kind``; raise ParseError with the reason on failure.
+
+    The table has the member's own column names (no prefix, no ``output_file``).
+    """
+    kind = spec.kind
+    if kind in ("csv", "tsv"):
+        return _parse_csv(spec, data)
+    if kind == "json":
+        return _parse_json(data)
+    if kind == "jsonl":
+        return _rows_to_table(_jsonl_rows(data.splitlines()))
+    if kind == "npy":
+        return _parse_npy(data, name)
+    if kind == "npz":
+        return _parse_npz(data, max_npz_bytes)
+    if kind == "keyvalue":
+        return _parse_keyvalue(spec, data)
+    if kind == "regex":
+        return _parse_regex(spec, data)
+    if kind == "python":
+        return _parse_python(spec, data, name)
+    raise ParseError(f"unknown output kind {kind!r}")
+
+
+# -- streaming parsers ----------------------------------------------------------------
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordBatch:
+    """Cast a later batch to the first batch's schema, or explain why it cannot be."""
+    if batch.schema.equals(schema):
+        return batch
+    extra = set(batch.schema.names) - set(schema.names)
+    if extra:
+        raise ParseError(f"{where}: new columns {sorted(extra)} after the first batch")
+    arrays = []
+    for f in schema:
+        if f.name not in batch.schema.names:
+            arrays.append(pa.nulls(batch.num_rows, f.type))
+            continue
+        col = batch.column(f.name)
+        try:
+            arrays.append(col.cast(f.type) if col.type != f.type else col)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ParseError(
+                f"{where}: column {f.name!r} changed type from {f.type} to {col.type}"
+            ) from exc
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def iter_batches(
+    spec: OutputLike,
+    stream: IO[bytes],
+    name: str,
+    *,
+    block_size: int = 4 * MiB,
+    batch_rows: int = 65_536,
+    max_line: int = 16 * MiB,
+) -> Iterator[pa.RecordBatch]:
+    """Parse a csv, tsv or jsonl member from a binary stream, yielding record batches.
+
+    Memory is bounded by ``block_size`` (csv) or ``batch_rows`` lines of at most
+    ``max_line`` bytes (jsonl), whatever the member's size. Column types are
+    those of the first block; a later value that does not fit raises ParseError.
+    """
+    if spec.kind in ("csv", "tsv"):
+        # One thread: the stream is only valid while this generator runs, so no
+        # background thread may read it ahead.
+        read = pa_csv.ReadOptions(block_size=block_size, use_threads=False)
+        try:
+            reader = pa_csv.open_csv(stream, read_options=read, parse_options=_csv_options(spec))
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                return
+            raise ParseError(f"invalid {spec.kind}: {exc}") from exc
+        try:
+            _check_names(reader.schema)
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except pa.ArrowInvalid as exc:
+                    raise ParseError(f"invalid {spec.kind}: {exc}") from exc
+                yield batch
+        finally:
+            reader.close()
+    if spec.kind != "jsonl":
+        raise ParseError(f"kind {spec.kind!r} cannot be parsed as a stream")
+    schema: pa.Schema | None = None
+    line_no = 1
+    while True:
+        lines: list[bytes] = []
+        for _ in range(batch_rows):
+            line = stream.readline(max_line + 1)
+            if not line:
+                break
+            if len(line) > max_line:
+                raise ParseError(f"line {line_no + len(lines)}: longer than {max_line} bytes")
+            lines.append(line)
+        if not lines:
+            return
+        rows = _jsonl_rows(lines, line_no)
+        line_no += len(lines)
+        if not rows:
+            continue
+        table = _rows_to_table(rows)
+        for batch in table.to_batches():
+            if schema is None:
+                schema = batch.schema
+            yield _conform(batch, schema, f"line {line_no - len(lines)}")
+
+
+# -- combining the outputs of one point -----------------------------------------------
+
+
+def is_glob(pattern: str) -> bool:
+    """Return whether an output's ``file`` is a glob (has ``*``, ``?`` or ``[``)."""
+    return any(c in pattern for c in "*?[")
+
+
+def _decorate(spec: OutputLike, table: pa.Table | pa.RecordBatch, member: str) -> Any:
+    if is_glob(spec.file):
+        table = table.append_column(
+            OUTPUT_FILE_COLUMN, pa.array([member] * table.num_rows, pa.string())
+        )
+    if spec.prefix:
+        table = table.rename_columns([f"{spec.prefix}.{c}" for c in table.schema.names])
+    return table
+
+
+def _parse_matched(spec: OutputLike, members: Mapping[str, bytes], names: list[str]) -> pa.Table:
+    parts = [_decorate(spec, parse_output(spec, members[n], n), n) for n in names]
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ParseError(f"matched files disagree on column types: {exc}") from exc
+
+
+def _combine(
+    tables: list[tuple[str, pa.Table]], streamed: tuple[str, list[str]] | None = None
+) -> tuple[pa.Table, list[OutputProblem]]:
+    """Check the combination rule and return the one-row columns merged (or the whole rows)."""
+    problems: list[OutputProblem] = []
+    many = [(f, t.num_rows) for f, t in tables if t.num_rows > 1]
+    if streamed is not None:
+        many.append((streamed[0], -1))
+    if len(many) > 1:
+        detail = ", ".join(f"{f} ({'streamed' if n < 0 else n} rows)" for f, n in many)
+        for f, _ in many:
+            problems.append(
+                OutputProblem(
+                    f,
+                    "row_conflict",
+                    f"several outputs give several rows: {detail}; only one output may give "
+                    "several rows per point: write them to one file, or harvest them separately",
+                )
+            )
+    owner: dict[str, str] = {}
+    columns = [(f, c) for f, t in tables for c in t.column_names]
+    if streamed is not None:
+        columns += [(streamed[0], c) for c in streamed[1]]
+    for f, c in columns:
+        if c in owner and owner[c] != f:
+            problems.append(
+                OutputProblem(
+                    f,
+                    "column_collision",
+                    f"column {c!r} comes from both {owner[c]} and {f}; set a prefix on one of them",
+                )
+            )
+        owner.setdefault(c, f)
+    if problems:
+        return _empty(0), problems
+    rows = next((t.num_rows for _, t in tables if t.num_rows != 1), 1)
+    base = next((t for _, t in tables if t.num_rows != 1), _empty(rows))
+    result = base
+    for _, t in tables:
+        if t is base:
+            continue
+        for c in t.column_names:
+            col = t.column(c)
+            result = result.append_column(
+                c, pa.repeat(col[0], rows) if rows else pa.array([], type=col.type)
+            )
+    return result, problems
+
+
+def _match(spec: OutputLike, names: Iterable[str]) -> list[str]:
+    return sorted(n for n in names if fnmatchcase(n, spec.file))
+
+
+def assemble_rows(
+    outputs: Iterable[OutputLike], members: Mapping[str, bytes]
+) -> tuple[pa.Table, list[OutputProblem]]:
+    """Parse every declared output from ``members`` (name → bytes) into the point's rows.
+
+    Rule: the point's rows are the cross product of its outputs' rows, which is
+    allowed only when at most one output gives more than one row: one-row outputs
+    are broadcast onto that output's rows (an output with no rows gives the point
+    no rows). A missing required output, a parse error, several outputs with
+    several rows, or a column name given by two outputs is a problem; the table
+    is then empty, so a point is stored whole or not at all. A missing optional
+    output contributes nothing. With no output at all the point has one row
+    without columns.
+    """
+    tables: list[tuple[str, pa.Table]] = []
+    problems: list[OutputProblem] = []
+    for spec in outputs:
+        names = _match(spec, members)
+        if not names:
+            if spec.required:
+                problems.append(
+                    OutputProblem(spec.file, "missing", f"no member matches {spec.file!r}")
+                )
+            continue
+        try:
+            tables.append((spec.file, _parse_matched(spec, members, names)))
+        except ParseError as exc:
+            problems.append(OutputProblem(spec.file, "parse_error", exc.reason))
+    if problems:
+        return _empty(0), problems
+    return _combine(tables)
+
+
+@dataclass
+class PointRows:
+    """The rows of one point, as record batches; ``problems`` empty means the rows are good.
+
+    ``batches`` is a single-use iterator. When an output is streamed it may
+    still raise ParseError part-way; whatever was taken from it must then be
+    discarded.
+    """
+
+    problems: list[OutputProblem]
+    batches: Iterator[pa.RecordBatch] = field(default_factory=lambda: iter(()))
+
+
+def assemble_stream(
+    outputs: list[OutputLike],
+    open_members: Callable[[], Iterable[MemberLike]],
+    *,
+    stream_above: int = 32 * MiB,
+    max_in_memory: int = 512 * MiB,
+    block_size: int = 4 * MiB,
+) -> PointRows:
+    """Like :func:`assemble_rows`, but csv/tsv/jsonl members above ``stream_above`` are streamed.
+
+    ``open_members`` returns a fresh pass over the archive's members (for
+    example ``lambda: iter_members(io.BytesIO(data), limits)``); it is called
+    once, and a second time only when a member is to be streamed, so that the
+    one-row outputs are known before the large one is read, wherever it sits
+    in the archive. The streamed output counts as the one giving several rows.
+    Members of other kinds above ``max_in_memory`` are a ``too_large`` problem.
+    """
+    wanted = [(spec, spec.file) for spec in outputs]
+    small: dict[str, bytes] = {}
+    large: dict[str, list[str]] = {}  # output file -> member names to stream
+    problems: list[OutputProblem] = []
+    for member in open_members():
+        specs = [s for s, f in wanted if fnmatchcase(member.name, f)]
+        if not specs:
+            continue
+        big = member.size > stream_above
+        if big and all(s.kind in STREAMABLE_KINDS for s in specs):
+            for s in specs:
+                large.setdefault(s.file, []).append(member.name)
+            continue
+        if member.size > max_in_memory:
+            for s in specs:
+                problems.append(
+                    OutputProblem(
+                        s.file,
+                        "too_large",
+                        f"{member.name} has {member.size} bytes; kind {s.kind!r} is parsed in "
+                        f"memory, up to {max_in_memory} bytes",
+                    )
+                )
+            continue
+        small[member.name] = member.read()
+    if problems:
+        return PointRows(problems)
+    in_memory = [s for s in outputs if s.file not in large]
+    table, problems = assemble_rows(in_memory, small)
+    if problems or not large:
+        return PointRows(problems, iter(table.to_batches()) if not problems else iter(()))
+    if len(large) > 1:
+        files = sorted(large)
+        return PointRows(
+            [
+                OutputProblem(
+                    f,
+                    "row_conflict",
+                    f"outputs {files} are all large tables; "
+                    "only one output may give several rows per point",
+                )
+                for f in files
+            ]
+        )
+    ((stream_file, names),) = large.items()
+    spec = next(s for s in outputs if s.file == stream_file)
+    if table.num_rows == 0:
+        return PointRows([])  # an output with no rows: the point has none
+    if table.num_rows > 1:
+        many = [s.file for s in in_memory if s.file in _multi_row_files(in_memory, small)]
+        detail = ", ".join([*many, f"{stream_file} (streamed)"])
+        return PointRows(
+            [
+                OutputProblem(
+                    f,
+                    "row_conflict",
+                    f"several outputs give several rows: {detail}; only one output may give "
+                    "several rows per point: write them to one file, or harvest them separately",
+                )
+                for f in [*many, stream_file]
+            ]
+        )
+    return PointRows([], _stream_batches(spec, names, table, open_members, block_size))
+
+
+def _multi_row_files(outputs: list[OutputLike], members: Mapping[str, bytes]) -> set[str]:
+    out = set()
+    for spec in outputs:
+        names = _match(spec, members)
+        if names and _parse_matched(spec, members, names).num_rows > 1:
+            out.add(spec.file)
+    return out
+
+
+def _stream_batches(
+    spec: OutputLike,
+    names: list[str],
+    constants: pa.Table,
+    open_members: Callable[[], Iterable[MemberLike]],
+    block_size: int,
+) -> Iterator[pa.RecordBatch]:
+    schema: pa.Schema | None = None
+    wanted = set(names)
+    for member in open_members():
+        if member.name not in wanted:
+            continue
+        with member.stream(block_size) as f:
+            for batch in iter_batches(spec, f, member.name, block_size=block_size):
+                batch = _decorate(spec, batch, member.name)
+                if schema is None:
+                    clash = set(batch.schema.names) & set(constants.column_names)
+                    if clash:
+                        raise ParseError(
+                            f"column {sorted(clash)[0]!r} of {spec.file} is also given by another "
+                            "output; set a prefix on one of them"
+                        )
+                for c in constants.column_names:
+                    col = constants.column(c)
+                    batch = batch.append_column(c, pa.repeat(col[0], batch.num_rows))
+                if schema is None:
+                    schema = batch.schema
+                yield _conform(batch, schema, member.name)

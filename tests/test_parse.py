@@ -1,0 +1,495 @@
+"""Output parsers (one per kind) and the assembly of a point's rows."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+import tracemalloc
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from archives import Entry, files, tgz
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.archive import ArchiveLimits, iter_members, read_members
+from pipeline.errors import ParseError
+from pipeline.parse import (
+    assemble_rows,
+    assemble_stream,
+    convert_value,
+    iter_batches,
+    parse_output,
+)
+from pipeline.spec import OutputSpec
+
+MiB = 1 << 20
+
+
+def out(file: str, kind: str, **kw: Any) -> OutputSpec:
+    return OutputSpec(file=file, kind=kind, **kw)  # type: ignore[arg-type]
+
+
+def parse(kind: str, data: bytes | str, name: str = "x", **kw: Any) -> pa.Table:
+    raw = data.encode() if isinstance(data, str) else data
+    return parse_output(out(name if "." in name else f"{name}.dat", kind, **kw), raw, name)
+
+
+def parse_error(kind: str, data: bytes | str, name: str = "x", **kw: Any) -> str:
+    with pytest.raises(ParseError) as info:
+        parse(kind, data, name, **kw)
+    return info.value.reason
+
+
+# -- csv / tsv ------------------------------------------------------------------------
+
+
+def test_csv_types_and_unicode() -> None:
+    t = parse("csv", "a,b,c,d\n1,2.5,héllo,true\n3,-1e3,wörld,false\n")
+    assert t.to_pylist() == [
+        {"a": 1, "b": 2.5, "c": "héllo", "d": True},
+        {"a": 3, "b": -1000.0, "c": "wörld", "d": False},
+    ]
+    assert t.schema.field("a").type == pa.int64()
+
+
+def test_tsv_and_delimiter_override() -> None:
+    assert parse("tsv", "a\tb\n1\tx y\n").to_pylist() == [{"a": 1, "b": "x y"}]
+    assert parse("csv", "a;b\n1;2\n", delimiter=";").to_pylist() == [{"a": 1, "b": 2}]
+
+
+def test_empty_csv_and_header_only() -> None:
+    empty = parse("csv", "")
+    assert (empty.num_rows, empty.num_columns) == (0, 0)
+    header = parse("csv", "a,b\n")
+    assert (header.num_rows, header.column_names) == (0, ["a", "b"])
+
+
+def test_bad_csv_is_a_parse_error() -> None:
+    assert "invalid csv" in parse_error("csv", "a,b\n1,2,3\n")
+    assert "appears twice" in parse_error("csv", "a,a\n1,2\n")
+    assert "not UTF-8" in parse_error("keyvalue", b"a=\xff\n")
+
+
+# -- json / jsonl ---------------------------------------------------------------------
+
+
+def test_json_object_list_and_nesting() -> None:
+    assert parse("json", '{"chi2": 1.5, "ok": true}').to_pylist() == [{"chi2": 1.5, "ok": True}]
+    rows = parse("json", '[{"a": 1}, {"a": 2, "b": "x"}]').to_pylist()
+    assert rows == [{"a": 1, "b": None}, {"a": 2, "b": "x"}]
+    nested = parse("json", '{"fit": {"a": 1, "cov": {"x": 2}}, "v": [1, 2]}').to_pylist()
+    assert nested == [{"fit.a": 1, "fit.cov.x": 2, "v": "[1, 2]"}]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("3", "got int"),
+        ('"s"', "got str"),
+        ("[1, 2]", "non-objects"),
+        ("{bad", "invalid JSON"),
+    ],
+)
+def test_json_that_is_not_rows(text: str, message: str) -> None:
+    assert message in parse_error("json", text)
+
+
+def test_json_mixed_or_huge_values_fall_back_to_text() -> None:
+    t = parse("json", '[{"a": 1}, {"a": "x"}, {"a": 123456789012345678901234567890}]')
+    assert t.column("a").to_pylist() == ["1", "x", "123456789012345678901234567890"]
+    assert parse("json", '[{"a": 1}, {"a": 2.5}]').column("a").to_pylist() == [1.0, 2.5]
+
+
+def test_jsonl() -> None:
+    t = parse("jsonl", '{"i": 1}\n\n{"i": 2, "s": "ü"}\n')
+    assert t.to_pylist() == [{"i": 1, "s": None}, {"i": 2, "s": "ü"}]
+    assert "line 2" in parse_error("jsonl", '{"i": 1}\n[1]\n')
+    assert "line 3" in parse_error("jsonl", '{"i": 1}\n\n{oops\n')
+
+
+# -- npy / npz ------------------------------------------------------------------------
+
+
+def npy(arr: Any, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, **kw)
+    return buf.getvalue()
+
+
+def npz(**arrays: Any) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_npy_shapes() -> None:
+    assert parse("npy", npy(np.float64(2.5)), "chi2.npy").to_pylist() == [{"chi2": 2.5}]
+    assert parse("npy", npy(np.arange(3)), "sub/k.npy").column("k").to_pylist() == [0, 1, 2]
+    two = parse("npy", npy(np.array([[1.0, 2.0], [3.0, 4.0]])), "m.npy")
+    assert two.to_pylist() == [{"c0": 1.0, "c1": 2.0}, {"c0": 3.0, "c1": 4.0}]
+    rec = np.array([(1, 2.0)], dtype=[("n", "i4"), ("x", "f8")])
+    assert parse("npy", npy(rec), "r.npy").to_pylist() == [{"n": 1, "x": 2.0}]
+    assert "more than 2 dimensions" in parse_error("npy", npy(np.zeros((2, 2, 2))), "a.npy")
+    assert "invalid .npy" in parse_error("npy", b"garbage", "a.npy")
+
+
+def test_npy_refuses_pickled_objects() -> None:
+    data = npy(np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert "invalid .npy" in parse_error("npy", data, "o.npy")
+
+
+def test_npz_keys_become_columns() -> None:
+    t = parse("npz", npz(ell=np.arange(3), cl=np.ones(3), h0=np.float64(67.0)), "s.npz")
+    assert t.to_pylist() == [{"ell": i, "cl": 1.0, "h0": 67.0} for i in range(3)]
+    m = parse("npz", npz(m=np.eye(2)), "m.npz")
+    assert m.column_names == ["m.c0", "m.c1"]
+    assert "different lengths" in parse_error("npz", npz(a=np.arange(2), b=np.arange(3)), "a.npz")
+
+
+def test_npz_zip_bomb_is_refused() -> None:
+    data = npz(z=np.zeros(4 * MiB, dtype=np.uint8))
+    assert len(data) < 100_000
+    with pytest.raises(ParseError, match="too large"):
+        parse_output(out("z.npz", "npz"), data, "z.npz", max_npz_bytes=MiB)
+
+
+# -- keyvalue / regex / values --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("", None),
+        ("42", 42),
+        ("-7", -7),
+        ("1.5", 1.5),
+        ("1e-3", 1e-3),
+        (".5", 0.5),
+        ("inf", math.inf),
+        ("TRUE", True),
+        ("false", False),
+        ('"a \\"q\\""', 'a "q"'),
+        ("'007'", "007"),
+        ("1_000", "1_000"),
+        ("v1.2", "v1.2"),
+        ("héllo wörld", "héllo wörld"),
+    ],
+)
+def test_convert_value(text: str, value: object) -> None:
+    assert convert_value(text) == value
+    assert type(convert_value(text)) is type(value)
+
+
+def test_keyvalue() -> None:
+    text = "# comment\nh0 = 67.5\n\nname=run 1\nconverged=true\nn=3\nempty=\n"
+    assert parse("keyvalue", text).to_pylist() == [
+        {"h0": 67.5, "name": "run 1", "converged": True, "n": 3, "empty": None}
+    ]
+    assert parse("keyvalue", "a: 1\nurl: http://x\n", separator=":").to_pylist() == [
+        {"a": 1, "url": "http://x"}
+    ]
+    assert "line 2: no '='" in parse_error("keyvalue", "a=1\n[section]\n")
+    assert "already set on line 1" in parse_error("keyvalue", "a=1\na=2\n")
+
+
+keys = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,10}", fullmatch=True)
+values = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=20),
+)
+
+
+@given(st.dictionaries(keys, values, min_size=1, max_size=8))
+def test_keyvalue_round_trip(row: dict[str, Any]) -> None:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        return repr(v)
+
+    text = "".join(f"{k} = {fmt(v)}\n" for k, v in row.items())
+    got = parse_output(out("p.txt", "keyvalue"), text.encode(), "p.txt").to_pylist()
+    assert got == [row]
+
+
+def test_regex_rows_and_no_match() -> None:
+    log = "step 1 loss=0.5\nnoise\nstep 2 loss=0.25 done\n"
+    spec = {"pattern": r"^step (?P<step>\d+) loss=(?P<loss>\S+)(?: (?P<done>done))?$"}
+    t = parse("regex", log, **spec)
+    assert t.to_pylist() == [
+        {"step": 1, "loss": 0.5, "done": None},
+        {"step": 2, "loss": 0.25, "done": "done"},
+    ]
+    none = parse("regex", "nothing here", **spec)
+    assert (none.num_rows, none.column_names) == (0, ["step", "loss", "done"])
+
+
+# -- python ---------------------------------------------------------------------------
+
+
+def rows_parser(data: bytes, name: str) -> Iterator[dict[str, Any]]:
+    """A user parser: one row per line, with the member name."""
+    for i, line in enumerate(data.decode().splitlines()):
+        yield {"i": i, "line": line, "file": name, "meta": {"n": len(line)}}
+
+
+def failing_parser(data: bytes, name: str) -> list[dict[str, Any]]:
+    raise ValueError(f"cannot read {name}")
+
+
+def bad_rows_parser(data: bytes, name: str) -> list[Any]:
+    return [1, 2]
+
+
+def test_python_parser() -> None:
+    t = parse("python", "ab\nc\n", "o.txt", parser="test_parse:rows_parser")
+    assert t.to_pylist() == [
+        {"i": 0, "line": "ab", "file": "o.txt", "meta.n": 2},
+        {"i": 1, "line": "c", "file": "o.txt", "meta.n": 1},
+    ]
+    dotted = parse("python", "z\n", "o.txt", parser="test_parse.rows_parser")
+    assert dotted.column("line").to_pylist() == ["z"]
+
+
+@pytest.mark.parametrize(
+    ("parser", "message"),
+    [
+        ("no_such_module_xyz:f", "cannot import parser 'no_such_module_xyz:f': ModuleNotFound"),
+        ("test_parse:nope", "has no function 'nope'"),
+        ("test_parse:failing_parser", "raised ValueError: cannot read o.txt"),
+        ("test_parse:bad_rows_parser", "yielded int, not a dict row"),
+    ],
+)
+def test_python_parser_failures(parser: str, message: str) -> None:
+    assert message in parse_error("python", "x", "o.txt", parser=parser)
+
+
+# -- assembling a point's rows --------------------------------------------------------
+
+
+def test_one_row_outputs_are_broadcast_onto_the_table() -> None:
+    outputs = [
+        out("params.txt", "keyvalue"),
+        out("spectrum.csv", "csv"),
+        out("fit.json", "json", prefix="fit"),
+    ]
+    members = {
+        "spectrum.csv": b"ell,cl\n2,0.1\n3,0.2\n",
+        "params.txt": b"h0=67\n",
+        "fit.json": b'{"chi2": 3.5}',
+    }
+    table, problems = assemble_rows(outputs, members)
+    assert problems == []
+    assert table.to_pylist() == [
+        {"ell": 2, "cl": 0.1, "h0": 67, "fit.chi2": 3.5},
+        {"ell": 3, "cl": 0.2, "h0": 67, "fit.chi2": 3.5},
+    ]
+
+
+def test_only_one_row_outputs_give_one_row() -> None:
+    table, problems = assemble_rows(
+        [out("a.txt", "keyvalue"), out("b.json", "json")], {"a.txt": b"x=1", "b.json": b'{"y": 2}'}
+    )
+    assert (problems, table.to_pylist()) == ([], [{"x": 1, "y": 2}])
+
+
+def test_two_multi_row_outputs_are_a_problem() -> None:
+    table, problems = assemble_rows(
+        [out("a.csv", "csv"), out("b.csv", "csv")],
+        {"a.csv": b"x\n1\n2\n", "b.csv": b"y\n1\n2\n3\n"},
+    )
+    assert table.num_rows == 0
+    assert {p.code for p in problems} == {"row_conflict"}
+    assert "a.csv (2 rows), b.csv (3 rows)" in problems[0].message
+
+
+def test_column_collision_names_the_column_and_suggests_prefix() -> None:
+    _, problems = assemble_rows(
+        [out("a.txt", "keyvalue"), out("b.txt", "keyvalue")], {"a.txt": b"x=1", "b.txt": b"x=2"}
+    )
+    assert [p.code for p in problems] == ["column_collision"]
+    assert "'x'" in problems[0].message
+    assert "prefix" in problems[0].message
+    table, problems = assemble_rows(
+        [out("a.txt", "keyvalue"), out("b.txt", "keyvalue", prefix="b")],
+        {"a.txt": b"x=1", "b.txt": b"x=2"},
+    )
+    assert table.to_pylist() == [{"x": 1, "b.x": 2}]
+
+
+def test_missing_and_broken_outputs() -> None:
+    outputs = [
+        out("must.csv", "csv"),
+        out("maybe.txt", "keyvalue", required=False),
+        out("bad.json", "json"),
+    ]
+    table, problems = assemble_rows(outputs, {"bad.json": b"[1]"})
+    assert table.num_rows == 0
+    assert [str(p) for p in problems] == [
+        "missing: no member matches 'must.csv'",
+        "parse_error: must be a JSON object or a list of objects, got a list holding non-objects",
+    ]
+    table, problems = assemble_rows(outputs[1:2], {})
+    assert (problems, table.num_rows, table.num_columns) == ([], 1, 0)
+
+
+def test_glob_output_concatenates_members_with_output_file() -> None:
+    members = {"chains/c2.csv": b"x\n3\n", "chains/c1.csv": b"x\n1\n2\n", "other.csv": b"x\n9\n"}
+    table, problems = assemble_rows([out("chains/*.csv", "csv", prefix="ch")], members)
+    assert problems == []
+    assert table.to_pylist() == [
+        {"ch.x": 1, "ch.output_file": "chains/c1.csv"},
+        {"ch.x": 2, "ch.output_file": "chains/c1.csv"},
+        {"ch.x": 3, "ch.output_file": "chains/c2.csv"},
+    ]
+
+
+def test_output_with_no_rows_gives_the_point_no_rows() -> None:
+    table, problems = assemble_rows(
+        [out("a.csv", "csv"), out("p.txt", "keyvalue")], {"a.csv": b"x\n", "p.txt": b"h=1"}
+    )
+    assert problems == []
+    assert (table.num_rows, table.column_names) == (0, ["x", "h"])
+
+
+# -- streaming ------------------------------------------------------------------------
+
+
+def test_iter_batches_csv_and_jsonl_from_a_member_stream() -> None:
+    csv = "".join(f"{i},{i * 0.5}\n" for i in range(5000))
+    data = files(
+        **{"t.csv": "i,x\n" + csv, "t.jsonl": "".join(f'{{"i": {i}}}\n' for i in range(300))}
+    )
+    got: dict[str, int] = {}
+    for m in iter_members(io.BytesIO(data)):
+        kind = "csv" if m.name.endswith("csv") else "jsonl"
+        with m.stream() as f:
+            batches = list(
+                iter_batches(out(m.name, kind), f, m.name, block_size=8192, batch_rows=100)
+            )
+        assert len(batches) > 1
+        got[m.name] = sum(b.num_rows for b in batches)
+        assert pa.Table.from_batches(batches).column("i").to_pylist()[-1] == got[m.name] - 1
+    assert got == {"t.csv": 5000, "t.jsonl": 300}
+
+
+def test_jsonl_stream_type_change_is_a_parse_error() -> None:
+    text = '{"a": 1}\n' * 10 + '{"a": "x"}\n'
+    with pytest.raises(ParseError, match="changed type"):
+        list(
+            iter_batches(
+                out("a.jsonl", "jsonl"), io.BytesIO(text.encode()), "a.jsonl", batch_rows=5
+            )
+        )
+    widened = list(
+        iter_batches(
+            out("a.jsonl", "jsonl"), io.BytesIO(b'{"a": 1.5}\n{"a": 2}\n'), "a", batch_rows=1
+        )
+    )
+    assert [b.column("a").to_pylist() for b in widened] == [[1.5], [2.0]]
+
+
+def _archive_with_big_csv_first(rows: int) -> bytes:
+    csv = "x,y\n" + "".join(f"{i},{i % 7}\n" for i in range(rows))
+    # The table member sits before the one-row outputs it is combined with.
+    return tgz([Entry("a_table.csv", csv.encode()), Entry("z_params.txt", b"h0=70\nrun=7\n")])
+
+
+def test_assemble_stream_two_passes_match_assemble_rows() -> None:
+    data = _archive_with_big_csv_first(20_000)
+    outputs = [out("z_params.txt", "keyvalue"), out("a_table.csv", "csv")]
+    opened = []
+
+    def open_members() -> Iterator[Any]:
+        opened.append(1)
+        return iter_members(io.BytesIO(data))
+
+    point = assemble_stream(outputs, open_members, stream_above=1000, block_size=16_384)
+    assert point.problems == []
+    streamed = pa.Table.from_batches(list(point.batches))
+    expected, problems = assemble_rows(outputs, read_members(io.BytesIO(data)))
+    assert problems == []
+    assert streamed.equals(expected)
+    assert len(opened) == 2
+    small = assemble_stream(outputs, open_members, stream_above=10 * MiB)
+    assert pa.Table.from_batches(list(small.batches)).equals(expected)
+    assert len(opened) == 3  # nothing large: one pass
+
+
+def test_assemble_stream_problems() -> None:
+    data = tgz(
+        [
+            Entry("a.csv", b"x\n" + b"1\n" * 2000),
+            Entry("b.csv", b"y\n1\n2\n"),
+            Entry("c.txt", b"x=1\n"),
+        ]
+    )
+
+    def opener() -> Iterator[Any]:
+        return iter_members(io.BytesIO(data))
+
+    conflict = assemble_stream([out("a.csv", "csv"), out("b.csv", "csv")], opener, stream_above=100)
+    assert {p.code for p in conflict.problems} == {"row_conflict"}
+    assert "a.csv (streamed)" in conflict.problems[0].message
+    clash = assemble_stream(
+        [out("a.csv", "csv"), out("c.txt", "keyvalue")], opener, stream_above=100
+    )
+    assert clash.problems == []
+    with pytest.raises(ParseError, match="column 'x'"):
+        list(clash.batches)
+    too_big = assemble_stream([out("a.csv", "json")], opener, stream_above=100, max_in_memory=1000)
+    assert [p.code for p in too_big.problems] == ["too_large"]
+    missing = assemble_stream([out("nope.csv", "csv")], opener)
+    assert [p.code for p in missing.problems] == ["missing"]
+
+
+def _big_csv_tgz(target: int) -> tuple[bytes, int]:
+    """Return a gzip tar with one CSV member of about ``target`` bytes, never held whole."""
+    header_row = b"i,a,b,label\n"
+    block = b"".join(b"%09d,%d,%d.25,row-%d\n" % (i, i % 97, i % 13, i % 5) for i in range(100_000))
+    repeats = max(1, target // len(block))
+    size = len(header_row) + repeats * len(block)
+    info = tarfile.TarInfo("big.csv")
+    info.size = size
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)
+    parts = [c.compress(info.tobuf(format=tarfile.GNU_FORMAT)), c.compress(header_row)]
+    parts += [c.compress(block) for _ in range(repeats)]
+    parts.append(c.compress(bytes(-size % 512 + 1024)))
+    parts.append(c.flush())
+    return b"".join(parts), repeats * 100_000
+
+
+@pytest.mark.slow
+def test_streaming_a_large_csv_member_in_bounded_memory() -> None:
+    data, rows = _big_csv_tgz(200 * MiB)
+    pool = pa.default_memory_pool()
+    arrow_before = pool.max_memory() or 0
+    tracemalloc.start()
+    try:
+        point = assemble_stream(
+            [out("big.csv", "csv")],
+            lambda: iter_members(io.BytesIO(data), ArchiveLimits()),
+            block_size=4 * MiB,
+        )
+        n = 0
+        for batch in point.batches:
+            n += batch.num_rows
+        _, python_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert point.problems == []
+    assert n == rows
+    # Measured about 40-80 MiB (4 MiB blocks, Arrow holding a few read buffers).
+    assert python_peak < 128 * MiB
+    arrow_peak = (pool.max_memory() or 0) - arrow_before
+    assert arrow_peak < 96 * MiB
