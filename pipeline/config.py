@@ -164,6 +164,12 @@ class ServerConfig(_Model):
     mode: Literal["script", "batch", "fast"] = "batch"
     apps: dict[str, AppConfig] = Field(default_factory=lambda: {"boinc2docker": AppConfig()})
     timezone: str = "UTC"
+    #: The server's own Python, which runs batch mode's driver (Python 2.7 on the stock image).
+    python: Annotated[str, StringConstraints(min_length=1, max_length=255)] = "python"
+
+    def cushion_for(self, app: str) -> int:
+        """Return how many unsent results the server should hold for ``app``."""
+        return (self.apps.get(app) or AppConfig()).cushion
 
     @field_validator("transport")
     @classmethod

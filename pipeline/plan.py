@@ -606,3 +606,33 @@ _JSON_FORMAT = _Dispatch(
 def plan(spec: SweepSpec, attempt: int = 1) -> PlanStream:
     """Plan every distinct point of a spec as a workunit of the given attempt, lazily."""
     return PlanStream(spec, attempt)
+
+
+def plan_point(spec: SweepSpec, params: Mapping[str, Any], attempt: int) -> PlannedWorkunit:
+    """Plan one point's workunit for a given attempt: a retry, or a resumed submission.
+
+    Gives the same workunit as :func:`plan` does for that point and attempt.
+    """
+    cj = canonical_json(params)
+    pid = point_id(params)
+    name = wu_name(spec.name, spec.version, pid, attempt)
+    command = render_command(spec.command_args, params)
+    files = [
+        (f"shared/{f.path}", compile_template(f.template).render(params).encode("utf-8"))
+        for f in spec.inputs
+    ]
+    if spec.params_file:
+        files.append(("shared/params.json", cj.encode("utf-8")))
+    return PlannedWorkunit(
+        wu_name=name,
+        sweep=spec.name,
+        version=spec.version,
+        point_id=pid,
+        attempt=attempt,
+        params=dict(params),
+        command=command,
+        argv=create_work_argv(spec, name, command),
+        input_files=tuple(files),
+        prerun=tuple(spec.prerun),
+        postrun=tuple(spec.postrun),
+    )

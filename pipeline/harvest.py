@@ -1,0 +1,438 @@
+"""Harvest: find finished workunits' result archives, stream them back, parse them, store rows.
+
+One pass over a sweep:
+
+1. recover what crashed harvesters left in the store (:meth:`ResultStore.recover`);
+2. track the sweep, so the state database knows which points are ``done``;
+3. read the canonical result of every done workunit from the BOINC database;
+4. list the result files in one call: ``<results>/<app>/<date>/<prefix>*.tgz``
+   for every date from the oldest canonical result's reception to today (the
+   assimilator files an archive under its local date at assimilation, which
+   no column records; a day of margin on each side covers time zones);
+5. a done workunit whose file is not there is ``lost`` (the upstream
+   ``/results`` permission bug) and can be retried;
+6. per chunk: claim the results in the ledger, stream their archives in one
+   tar stream through the transport, read each one safely
+   (:mod:`pipeline.archive`), parse the declared outputs
+   (:mod:`pipeline.parse`), add parameters and BOINC metadata, and commit
+   the rows as one part (:mod:`pipeline.store`). A rejected archive is
+   quarantined with its reason and its point becomes ``bad_output``; the
+   harvest goes on with the rest.
+
+Each row carries the parameters as ``p.<name>`` columns, the outputs, and the
+metadata columns in :data:`META_COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import posixpath
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pipeline.archive import (
+    DEFAULT_LIMITS,
+    ArchiveLimits,
+    Member,
+    iter_members,
+    iter_result_archives,
+)
+from pipeline.boinc import parse_result_file
+from pipeline.boincdb import ResultRow
+from pipeline.errors import (
+    ArchiveRejected,
+    ChunkStreamError,
+    HarvestError,
+    ParseError,
+    RemoteFileError,
+)
+from pipeline.parse import assemble_stream
+from pipeline.plan import sweep_name_prefix, wu_name
+from pipeline.spec import SweepSpec
+from pipeline.state import StateDB, SweepRecord
+from pipeline.store import Candidate, Claim, ResultStore
+from pipeline.track import track_sweep
+
+__all__ = ["META_COLUMNS", "HarvestReport", "date_folders", "harvest_sweep"]
+
+#: Metadata columns every row carries, besides ``p.<param>`` and the outputs.
+META_COLUMNS = (
+    "sweep",
+    "version",
+    "point_id",
+    "attempt",
+    "wu_name",
+    "result_name",
+    "hostid",
+    "cpu_time",
+    "elapsed_time",
+    "received_time",
+    "harvested_at",
+    "source_file",
+)
+
+
+@dataclass
+class HarvestReport:
+    """What one harvest pass did."""
+
+    done: int = 0
+    found: int = 0
+    ingested: int = 0
+    rows: int = 0
+    superseded: int = 0
+    lost: int = 0
+    bad_output: Counter[str] = field(default_factory=Counter)
+    parts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the report."""
+        return {
+            "done": self.done,
+            "found": self.found,
+            "ingested": self.ingested,
+            "rows": self.rows,
+            "superseded": self.superseded,
+            "lost": self.lost,
+            "bad_output": dict(self.bad_output),
+            "parts": self.parts,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def date_folders(received_times: Sequence[int], timezone: str, now: float) -> list[str]:
+    """Return the ``YYYY-MM-DD`` folders that may hold archives received at these times.
+
+    From the day before the oldest reception (time zones) to the day after ``now``.
+    """
+    if not received_times:
+        return []
+    tz = ZoneInfo(timezone)
+    known = [t for t in received_times if t > 0]
+    oldest = min(known) if known else now
+    first = dt.datetime.fromtimestamp(oldest, tz).date() - dt.timedelta(days=1)
+    last = dt.datetime.fromtimestamp(now, tz).date() + dt.timedelta(days=1)
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
+@dataclass(frozen=True)
+class _Done:
+    point_id: str
+    attempt: int
+    params: dict[str, Any]
+    wu_name: str
+    result: ResultRow
+
+
+def _metadata(sweep: SweepRecord, item: _Done, source: str, harvested_at: float) -> dict[str, Any]:
+    r = item.result
+    return {
+        "sweep": sweep.name,
+        "version": sweep.version,
+        "point_id": item.point_id,
+        "attempt": item.attempt,
+        "wu_name": item.wu_name,
+        "result_name": r.name,
+        "hostid": r.hostid,
+        "cpu_time": r.cpu_time,
+        "elapsed_time": r.elapsed_time,
+        "received_time": r.received_time,
+        "harvested_at": harvested_at,
+        "source_file": source,
+    }
+
+
+def _decorate(batch: Any, params: Mapping[str, Any], meta: Mapping[str, Any]) -> Any:
+    """Add parameter and metadata columns (constant per point) to a batch of output rows."""
+    import pyarrow as pa
+
+    n = batch.num_rows
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    for name, value in params.items():
+        column = f"p.{name}"
+        if column in table.column_names:
+            raise HarvestError(f"output column {column!r} collides with parameter {name!r}")
+        table = table.append_column(column, pa.array([value] * n))
+    for name, value in meta.items():
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, pa.array([value] * n))
+    return table
+
+
+def harvest_sweep(
+    state: StateDB,
+    server: Any,
+    store: ResultStore,
+    spec: SweepSpec,
+    sweep: SweepRecord,
+    *,
+    chunk_size: int = 200,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
+    timezone: str = "UTC",
+    remove_ingested: bool = False,
+    now: float | None = None,
+) -> HarvestReport:
+    """Ingest the results of every done, not yet harvested point of a sweep (one pass)."""
+    started = time.perf_counter()
+    report = HarvestReport()
+    store.recover()
+    track_sweep(state, server.boinc, sweep)
+    done = _done_points(state, server.boinc, sweep)
+    report.done = len(done)
+    if not done:
+        report.seconds = time.perf_counter() - started
+        return report
+    now = time.time() if now is None else now
+    files = _find_files(server, spec, sweep, list(done.values()), timezone, now)
+    report.found = len(files)
+    lost = [item for name, item in done.items() if name not in files]
+    if lost:
+        _mark_lost(state, sweep, lost, server.results_dir, spec.app)
+        report.lost = len(lost)
+    found = [done[name] for name in files]
+    for start in range(0, len(found), chunk_size):
+        chunk = found[start : start + chunk_size]
+        _harvest_chunk(state, server, store, spec, sweep, chunk, files, limits, report)
+    if remove_ingested:
+        harvested = {pid for pid, _a, _p in state.points_in_state(sweep.id, ["harvested"])}
+        ingested = [files[d.result.name] for d in found if d.point_id in harvested]
+        if ingested:
+            server.results_transport.remove_files(ingested)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _done_points(state: StateDB, boinc: Any, sweep: SweepRecord) -> dict[str, _Done]:
+    """Return {result name: point} for every done point, with its canonical result."""
+    points = state.points_in_state(sweep.id, ["done"])
+    if not points:
+        return {}
+    by_wu = {wu_name(sweep.name, sweep.version, pid, att): (pid, att, p) for pid, att, p in points}
+    rows = {
+        wu.name: wu
+        for wu in boinc.workunit_states(sweep_name_prefix(sweep.name, sweep.version))
+        if wu.name in by_wu
+    }
+    canonical = {wu.canonical_resultid for wu in rows.values() if wu.canonical_resultid > 0}
+    results = {
+        r.id: r for r in boinc.results_of([wu.id for wu in rows.values()]) if r.id in canonical
+    }
+    out: dict[str, _Done] = {}
+    for name, wu in rows.items():
+        result = results.get(wu.canonical_resultid)
+        if result is None:
+            continue
+        pid, att, params = by_wu[name]
+        out[result.name] = _Done(pid, att, params, name, result)
+    return out
+
+
+def _find_files(
+    server: Any,
+    spec: SweepSpec,
+    sweep: SweepRecord,
+    done: list[_Done],
+    timezone: str,
+    now: float,
+) -> dict[str, str]:
+    """List the result files of done points in one call; return {result name: path}."""
+    folders = date_folders([d.result.received_time for d in done], timezone, now)
+    prefix = sweep_name_prefix(sweep.name, sweep.version)
+    app_dir = posixpath.join(server.results_dir, spec.app)
+    try:
+        listing = server.results_transport.list_files(
+            app_dir, [f"{day}/{prefix}*.tgz" for day in folders]
+        )
+    except RemoteFileError:
+        return {}  # no results folder for the app yet: nothing assimilated
+    wanted = {d.result.name for d in done}
+    found: dict[str, str] = {}
+    for entry in listing:
+        parsed = parse_result_file(posixpath.basename(entry.path))
+        if parsed is not None and parsed.result_name in wanted:
+            found.setdefault(parsed.result_name, entry.path)
+    return found
+
+
+def _mark_lost(
+    state: StateDB, sweep: SweepRecord, lost: list[_Done], results_dir: str, app: str
+) -> None:
+    reason = (
+        f"done, but no result file under {results_dir}/{app}/ (the assimilator could not "
+        "write it: the upstream /results permission bug, or the file was removed)"
+    )
+    state.set_point_states(sweep.id, [(d.point_id, "lost", reason) for d in lost])
+    state.finish_attempts([(d.wu_name, "lost", reason) for d in lost])
+    state.log_event("lost", f"{len(lost)} done point(s) have no result file", sweep_id=sweep.id)
+
+
+#: Archives larger than this (compressed) are committed as a part of their own, streamed.
+STREAM_POINT_BYTES = 16 * 1024 * 1024
+
+
+def _harvest_chunk(
+    state: StateDB,
+    server: Any,
+    store: ResultStore,
+    spec: SweepSpec,
+    sweep: SweepRecord,
+    chunk: list[_Done],
+    files: dict[str, str],
+    limits: ArchiveLimits,
+    report: HarvestReport,
+) -> None:
+    """Claim, stream, parse and commit one chunk of results."""
+    by_result = {d.result.name: d for d in chunk}
+    claim = store.claim(sweep, [Candidate(d.result.name, d.point_id, d.attempt) for d in chunk])
+    report.superseded += len(claim.superseded)
+    if not claim.results:
+        return
+    paths = {files[name]: name for name in claim.results}
+    batch = _ChunkRows(store, claim, report)
+    bad: dict[str, tuple[str, str | None]] = {}
+    harvested_at = time.time()
+    try:
+        with server.results_transport.open_tar_stream(list(paths), missing_ok=True) as stream:
+            for archive in iter_result_archives(stream, limits):
+                name = paths.get("/" + archive.path.lstrip("/"))
+                if name is None:
+                    continue
+                item = by_result[name]
+                meta = _metadata(sweep, item, files[name], harvested_at)
+                try:
+                    data = archive.read_bytes()
+                    digest = archive.sha256
+                    rows = assemble_stream(list(spec.outputs), _reader(data, limits))
+                    if rows.problems:
+                        reason = "; ".join(f"{p.output}: {p}" for p in rows.problems)
+                        bad[name] = (reason, digest)
+                        report.bad_output[rows.problems[0].code] += 1
+                        continue
+                    decorated = (_decorate(b, item.params, meta) for b in rows.batches)
+                    if archive.size > STREAM_POINT_BYTES:
+                        batch.commit_alone(name, decorated, digest)
+                    else:
+                        batch.add(name, list(decorated), digest)
+                except ArchiveRejected as exc:
+                    bad[name] = (f"{exc.reason}: {exc}", None)
+                    report.bad_output[exc.reason] += 1
+                except ParseError as exc:
+                    bad[name] = (f"parse_error: {exc}", None)
+                    report.bad_output["parse_error"] += 1
+                batch.renew_if_due()
+    except ChunkStreamError as exc:
+        raise HarvestError(f"the result stream broke off: {exc}") from exc
+    batch.flush()
+    vanished = [n for n in claim.results if n not in bad]
+    for name in vanished:
+        why = "result file vanished before it could be read"
+        store.reject(claim, name, "lost", why, None)
+        state.set_point_states(sweep.id, [(by_result[name].point_id, "lost", why)])
+        report.lost += 1
+    for name, (reason, bad_digest) in bad.items():
+        store.reject(claim, name, "quarantined", reason, bad_digest)
+    if bad:
+        state.set_point_states(
+            sweep.id, [(by_result[n].point_id, "bad_output", r) for n, (r, _d) in bad.items()]
+        )
+        state.finish_attempts(
+            [(by_result[n].wu_name, "bad_output", r) for n, (r, _d) in bad.items()]
+        )
+    if batch.ingested:
+        state.set_point_states(
+            sweep.id, [(by_result[n].point_id, "harvested", None) for n in batch.ingested]
+        )
+        state.log_event("harvest", f"ingested {len(batch.ingested)} result(s)", sweep_id=sweep.id)
+
+
+def _reader(data: bytes, limits: ArchiveLimits) -> Callable[[], Iterator[Member]]:
+    """Return a function giving a fresh pass over the members of an archive held in memory."""
+
+    def members() -> Iterator[Member]:
+        return iter_members(io.BytesIO(data), limits)
+
+    return members
+
+
+class _ChunkRows:
+    """The rows of one chunk's good results, committed in parts of bounded size."""
+
+    #: Commit the accumulated rows once they hold this many bytes.
+    FLUSH_BYTES = 64 * 1024 * 1024
+    #: Renew the claim's lease this often while a chunk is being read.
+    RENEW_SECONDS = 30.0
+
+    def __init__(self, store: ResultStore, claim: Claim, report: HarvestReport) -> None:
+        self.store = store
+        self.claim = claim
+        self.report = report
+        self.tables: list[Any] = []
+        self.names: list[str] = []
+        self.hashes: dict[str, str] = {}
+        self.size = 0
+        self.ingested: list[str] = []
+        self.renewed = time.monotonic()
+
+    def add(self, name: str, tables: list[Any], digest: str) -> None:
+        """Keep a point's rows for the next part; commit when enough have gathered."""
+        self.tables += tables
+        self.names.append(name)
+        self.hashes[name] = digest
+        self.size += sum(t.nbytes for t in tables)
+        if self.size >= self.FLUSH_BYTES:
+            self.flush()
+
+    def commit_alone(self, name: str, batches: Iterator[Any], digest: str) -> None:
+        """Stream one large point's rows into a part of its own."""
+        part = self.store.commit(
+            self.claim, _counting(batches, self.report), {name: digest}, results=[name]
+        )
+        if part:
+            self.report.parts.append(part)
+        self.ingested.append(name)
+        self.report.ingested += 1
+
+    def flush(self) -> None:
+        """Commit the gathered points as one part."""
+        if not self.names:
+            return
+        rows = sum(t.num_rows for t in self.tables)
+        part = self.store.commit(self.claim, _concat(self.tables), self.hashes, results=self.names)
+        if part:
+            self.report.parts.append(part)
+        self.report.rows += rows
+        self.report.ingested += len(self.names)
+        self.ingested += self.names
+        self.tables, self.names, self.hashes, self.size = [], [], {}, 0
+
+    def renew_if_due(self) -> None:
+        """Extend the claim's lease when the chunk takes long."""
+        if time.monotonic() - self.renewed > self.RENEW_SECONDS:
+            self.store.renew(self.claim)
+            self.renewed = time.monotonic()
+
+
+def _counting(batches: Iterator[Any], report: HarvestReport) -> Iterator[Any]:
+    for b in batches:
+        report.rows += b.num_rows
+        yield b
+
+
+def _concat(tables: list[Any]) -> Iterator[Any]:
+    """Merge the chunk's tables into one (widening to the union of their columns)."""
+    import pyarrow as pa
+
+    if not tables:
+        return iter(())
+    try:
+        merged = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise HarvestError(f"points of one chunk disagree on a column type: {exc}") from exc
+    return iter([merged])
