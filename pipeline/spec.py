@@ -65,10 +65,10 @@ class _Model(BaseModel):
 def _whole_number(value: Any) -> Any:
     """Accept an int, or a float with no fractional part (YAML ``2e9``); refuse bools, fractions."""
     if isinstance(value, bool):
-        raise ValueError("expected a whole number of bytes, got a boolean")
+        raise ValueError("expected a whole number of bytes, not a boolean")
     if isinstance(value, float):
         if not value.is_integer():
-            raise ValueError(f"expected a whole number of bytes, got {value!r}")
+            raise ValueError("expected a whole number of bytes (e.g. 2000000000 or 2e9)")
         return int(value)
     return value
 
@@ -482,7 +482,7 @@ _Loader.add_implicit_resolver(
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
         r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
     ),
     list("-+0123456789."),
