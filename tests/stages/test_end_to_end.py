@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from pipeline import boinc
+
 from .conftest import Bench, grid_spec
 
 
