@@ -143,7 +143,8 @@ def test_faults_are_retried_and_the_sweep_completes(bench: Bench) -> None:
         )
         assert counts == {"harvested": 8}
         df = sweep.results()
-        assert len(df) == 8 and df["point_id"].is_unique
+        assert len(df) == 8
+        assert df["point_id"].is_unique
         assert sorted(df["z"]) == sorted(x * y for x in (1, 2, 3, 4) for y in (2, 5))
         retried = [a for a in sweep.state.attempts_of(sweep.record.id) if a.attempt > 1]
         assert retried, "the seeded faults should have forced at least one retry"
