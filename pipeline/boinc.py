@@ -12,6 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from typing import Any
 
 from sqlalchemy import (
     DDL,
@@ -181,7 +182,7 @@ class BatchState(IntEnum):
 metadata = MetaData()
 
 
-def _mod_time() -> Column[object]:
+def _mod_time() -> Column[Any]:
     # BOINC: "mod_time timestamp default current_timestamp on update current_timestamp".
     # The ON UPDATE clause is MySQL-only; SQLite gets a trigger instead (below).
     return Column(
@@ -192,8 +193,8 @@ def _mod_time() -> Column[object]:
     )
 
 
-def _nn(name: str, type_: object, **kw: object) -> Column[object]:
-    return Column(name, type_, nullable=False, **kw)  # type: ignore[call-overload,no-any-return]
+def _nn(name: str, type_: Any, **kw: Any) -> Column[Any]:
+    return Column(name, type_, nullable=False, **kw)
 
 
 app = Table(
@@ -336,6 +337,21 @@ batch = Table(
     _nn("expire_time", Double),
 )
 
+
+def _is_mysql(
+    ddl: Any,
+    target: Any,
+    bind: Any,
+    tables: Any = None,
+    state: Any = None,
+    *,
+    dialect: Any,
+    compiler: Any = None,
+    checkfirst: bool = False,
+) -> bool:
+    return bool(dialect.name in ("mysql", "mariadb"))
+
+
 for _table in (workunit, result):
     # MySQL/MariaDB: the real column definition, auto-updated by the server.
     event.listen(
@@ -344,7 +360,7 @@ for _table in (workunit, result):
         DDL(
             f"ALTER TABLE {_table.name} MODIFY mod_time TIMESTAMP NULL "
             "DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP"
-        ).execute_if(dialect=("mysql", "mariadb")),
+        ).execute_if(callable_=_is_mysql),
     )
     # SQLite has no ON UPDATE: a trigger gives readers the same behaviour.
     event.listen(

@@ -72,6 +72,8 @@ __all__ = ["Clock", "Daemons"]
 log = logging.getLogger("pipeline.emulator")
 
 SELECT_LIMIT = 1000
+#: Seconds between passes of the server daemons while jobs are running.
+DAEMON_INTERVAL = 0.25
 TEN_DAYS = 10 * 86400
 #: Credit per FLOP of the estimate: 200 credits per day of a 1 GFLOPS computer.
 COBBLESTONE_SCALE = 200.0 / 86400e9
@@ -137,7 +139,7 @@ def _wu_files(xml_doc: bytes | str | None) -> list[_InputFile]:
     if not xml_doc:
         return []
     text = xml_doc.decode("utf-8") if isinstance(xml_doc, bytes) else xml_doc
-    root = ET.fromstring(f"<r>{text}</r>")
+    root = ET.fromstring(f"<r>{text}</r>")  # noqa: S314 (the project's own database)
     keep: dict[str, bool] = {}
     for fi in root.findall("file_info"):
         name = (fi.findtext("name") or "").strip()
@@ -165,6 +167,15 @@ def _output_names(xml_doc_in: bytes | str | None) -> list[str]:
 
 
 _OUTFILE = re.compile(r"<OUTFILE_(\d+)/>")
+
+
+def _outfile_name(result_name: str, rand: int) -> Callable[[re.Match[str]], str]:
+    """``<OUTFILE_n/>`` becomes ``<result_name>_r<random>_<n>`` (BOINC's output file names)."""
+
+    def sub(m: re.Match[str]) -> str:
+        return f"{result_name}_r{rand}_{m.group(1)}"
+
+    return sub
 
 
 def _chunks(items: list[Any], n: int = SELECT_LIMIT) -> Iterator[list[Any]]:
@@ -214,7 +225,7 @@ class Daemons:
         if self.hosts < 0:
             raise ValueError(f"hosts must be >= 0, got {self.hosts}")
         self.clock = Clock(self.clock_factor, self.project.root / "log_emulator" / "clock.json")
-        self.parallel = self.parallel or max(2, os.cpu_count() or 2)
+        self.parallel = self.parallel or 2 * (os.cpu_count() or 1)
         self.engine = self.project.engine()
         validators, assimilators = self.project.served_apps()
         self._app_ids = self._load_apps()
@@ -228,7 +239,11 @@ class Daemons:
         self._reports: list[_Report] = []
         self._templates: dict[str, str] = {}
         self._checked_namespaces = False
-        self.slots = self.project.root / "tmp" / "slots"
+        # Job slots live in memory when /dev/shm exists (creating and removing
+        # thousands of small folders on disk costs more than the jobs themselves).
+        shm = Path("/dev/shm")  # noqa: S108 (private folder per run, created below)
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.project.root / "tmp"
+        self.slots = base / f"boinc-emulator-{os.getpid()}-{secrets.token_hex(4)}"
         self.slots.mkdir(parents=True, exist_ok=True)
 
     def _load_apps(self) -> dict[str, int]:
@@ -238,7 +253,7 @@ class Daemons:
     # ------------------------------------------------------------------ driving
 
     def run_once(self) -> bool:
-        """One pass of every daemon; hosts wait for the jobs they start. Return if anything moved."""
+        """Run every daemon once (hosts wait for their jobs); return whether anything moved."""
         moved = self.transitioner_pass()
         moved |= self.hosts_pass(wait=True)
         moved |= self.transitioner_pass()
@@ -280,6 +295,7 @@ class Daemons:
     ) -> None:
         """Run until ``stop_daemons`` exists, ``until()`` is true or ``timeout`` seconds pass."""
         deadline = time.monotonic() + timeout if timeout else None
+        last_daemons = 0.0
         try:
             while not self.project.stop_file.exists():
                 if until is not None and until():
@@ -287,13 +303,18 @@ class Daemons:
                 if deadline is not None and time.monotonic() > deadline:
                     break
                 moved = self.hosts_pass(wait=False)
-                moved |= self.transitioner_pass()
-                moved |= self.validator_pass()
-                moved |= self.assimilator_pass()
-                if self.file_deleter:
-                    moved |= self.file_deleter_pass()
+                # The server daemons work in bulk: run them every DAEMON_INTERVAL
+                # seconds while jobs keep the hosts busy, at once when hosts are idle.
+                now = time.monotonic()
+                if now - last_daemons >= DAEMON_INTERVAL or not self._running:
+                    last_daemons = now
+                    moved |= self.transitioner_pass()
+                    moved |= self.validator_pass()
+                    moved |= self.assimilator_pass()
+                    if self.file_deleter:
+                        moved |= self.file_deleter_pass()
                 if not moved:
-                    time.sleep(0.01 if self._running else idle_sleep)
+                    time.sleep(0.005 if self._running else idle_sleep)
         finally:
             self.shutdown()
 
@@ -304,6 +325,7 @@ class Daemons:
                 runner.finish(a.job)
                 shutil.rmtree(a.job.slot, ignore_errors=True)
         self._running.clear()
+        shutil.rmtree(self.slots, ignore_errors=True)
         self.clock.save()
 
     # ------------------------------------------------------------------ transitioner
@@ -352,7 +374,7 @@ class Daemons:
     def _transition(
         self,
         conn: Connection,
-        wus: list[Row[Any]],
+        wus: Any,
         results: dict[int, list[dict[str, Any]]],
         now: int,
     ) -> None:
@@ -447,7 +469,7 @@ class Daemons:
                 for j in range(needed):
                     name = f"{wu.name}_{max_suffix + j + 1}"
                     rand = secrets.randbelow(2**31)
-                    doc = _OUTFILE.sub(lambda m, n=name, x=rand: f"{n}_r{x}_{m.group(1)}", template)
+                    doc = _OUTFILE.sub(_outfile_name(name, rand), template)
                     new_results.append(self._new_result(wu, name, doc, now))
             all_over_and_validated = True
             all_ready = True
@@ -615,7 +637,7 @@ class Daemons:
                 )
             ):
                 had.setdefault(wid, set()).add(hid)
-        picks: list[tuple[int, Row[Any]]] = []
+        picks: list[tuple[int, Any]] = []
         for row in rows:
             if not idle or len(picks) >= want:
                 break
@@ -655,7 +677,7 @@ class Daemons:
             )
             # The scheduler pulls the workunit's transition_time in to the deadline
             # (update_wu_on_send), so the transitioner sees a timeout in time.
-            deadline = sa.bindparam("report_deadline")
+            deadline: Any = sa.bindparam("report_deadline")
             conn.execute(
                 sa.update(WU)
                 .where(WU.c.id == sa.bindparam("b_wu"), WU.c.transition_time > deadline)
@@ -908,7 +930,7 @@ class Daemons:
                 if not wus:
                     return moved
                 moved = True
-                by_wu: dict[int, list[Row[Any]]] = {w.id: [] for w in wus}
+                by_wu: dict[int, list[Any]] = {w.id: [] for w in wus}
                 for r in conn.execute(
                     sa.select(
                         RES.c.id,
@@ -1099,10 +1121,7 @@ class Daemons:
 
 
 def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    path.unlink(missing_ok=True)
 
 
 def _stderr_doc(stderr: str, status: int) -> bytes:

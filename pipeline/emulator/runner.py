@@ -19,6 +19,7 @@ Both need root (``CAP_SYS_ADMIN``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -133,10 +134,8 @@ class RunningJob:
     def kill(self) -> None:
         """Stop the job's whole process group."""
         if self.status is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, 9)
-            except ProcessLookupError:
-                pass
 
     def _done(self, status: int, usage: resource.struct_rusage) -> None:
         self.status = os.waitstatus_to_exitcode(status)
@@ -180,7 +179,7 @@ def start(slot: Path, *, container: bool, no_output: bool = False) -> RunningJob
                 _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount /")
                 _bind(shared, SHARED)
             os.chdir(str(SHARED))
-            os.execve("/bin/sh", ["/bin/sh", "-c", JOB_SCRIPT], env)
+            os.execve("/bin/sh", ["/bin/sh", "-c", JOB_SCRIPT], env)  # noqa: S606
         except BaseException as exc:
             os.write(2, f"emulator: cannot start the job: {exc}\n".encode())
         os._exit(127)

@@ -27,7 +27,9 @@ def project(tmp_path: Path, boinc_db_url: str) -> Iterator[Project]:
         proj.close()
 
 
-def b2d(project: Project, *args: str, python: str | None = None) -> subprocess.CompletedProcess[str]:
+def b2d(
+    project: Project, *args: str, python: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the project's bin/boinc2docker_create_work.py as a real subprocess."""
     script = str(project.root / "bin" / "boinc2docker_create_work.py")
     argv = [python, script, *args] if python else [script, *args]

@@ -9,6 +9,7 @@ import gzip
 import subprocess
 import tarfile
 import zlib
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -24,7 +25,10 @@ from pipeline.emulator import Daemons, Faults, Project
 
 from .conftest import files_under, result_rows, submit, wu_row
 
-OK_JOB = "mkdir -p /root/shared/results/sub && echo 1.5 > /root/shared/results/out.txt && echo x > /root/shared/results/sub/y && echo hidden > /root/shared/results/.dot"
+OK_JOB = (
+    "mkdir -p /root/shared/results/sub && echo 1.5 > /root/shared/results/out.txt"
+    " && echo x > /root/shared/results/sub/y && echo hidden > /root/shared/results/.dot"
+)
 
 
 def _results_files(project: Project) -> list[str]:
@@ -50,9 +54,16 @@ def test_creation_then_success(project: Project) -> None:
 
     d.hosts_pass(wait=True)
     (r,) = result_rows(project, "ok_wu")
-    assert (r.server_state, r.outcome, r.client_state, r.exit_status) == (S.OVER, O.SUCCESS, C.FILES_UPLOADED, 0)
+    assert (r.server_state, r.outcome, r.client_state, r.exit_status) == (
+        S.OVER,
+        O.SUCCESS,
+        C.FILES_UPLOADED,
+        0,
+    )
     assert r.report_deadline == r.sent_time + wu.delay_bound
-    assert r.received_time >= r.sent_time > 0 and r.elapsed_time > 0 and r.hostid in (1, 2)
+    assert r.received_time >= r.sent_time > 0
+    assert r.elapsed_time > 0
+    assert r.hostid in (1, 2)
 
     d.run_until_idle()
     wu = wu_row(project, "ok_wu")
@@ -64,13 +75,16 @@ def test_creation_then_success(project: Project) -> None:
     assert wu.transition_time == boinc.INT_MAX
     (path,) = _results_files(project)
     app, day, fname = path.split("/")
-    assert app == "boinc2docker" and len(day) == 10
+    assert app == "boinc2docker"
+    assert len(day) == 10
     parsed = boinc.parse_result_file(fname)
-    assert parsed is not None and parsed.result_name == "ok_wu_0"
+    assert parsed is not None
+    assert parsed.result_name == "ok_wu_0"
     with tarfile.open(project.results_dir / path, "r:gz") as tar:
         assert sorted(tar.getnames()) == ["out.txt", "sub", "sub/y"]
         out = tar.extractfile("out.txt")
-        assert out is not None and out.read() == b"1.5\n"
+        assert out is not None
+        assert out.read() == b"1.5\n"
     # The file deleter removed the per-job files but kept the sticky image file.
     left = files_under(project.download_dir)
     assert [p for p in left if "boinc_app_" in p or "vbox_job_" in p] == []
@@ -91,7 +105,8 @@ def test_quorum_two_needs_two_hosts(project: Project) -> None:
     assert {r.hostid for r in rows} == {1, 2}
     assert [r.validate_state for r in rows] == [V.VALID, V.VALID]
     wu = wu_row(project, "q2")
-    assert wu.canonical_resultid == rows[0].id and wu.assimilate_state == A.DONE
+    assert wu.canonical_resultid == rows[0].id
+    assert wu.assimilate_state == A.DONE
     assert len(_results_files(project)) == 1  # non-canonical results are not copied
 
 
@@ -102,7 +117,12 @@ def test_job_exit_code_fails_after_max_errors(project: Project) -> None:
     d.transitioner_pass()
     d.hosts_pass(wait=True)
     (r0,) = result_rows(project, "bad")
-    assert (r0.server_state, r0.outcome, r0.client_state, r0.exit_status) == (S.OVER, O.CLIENT_ERROR, C.COMPUTE_ERROR, 3)
+    assert (r0.server_state, r0.outcome, r0.client_state, r0.exit_status) == (
+        S.OVER,
+        O.CLIENT_ERROR,
+        C.COMPUTE_ERROR,
+        3,
+    )
     assert r0.validate_state == V.INVALID
     d.clock.advance(1)
     d.transitioner_pass()
@@ -119,9 +139,16 @@ def test_job_exit_code_fails_after_max_errors(project: Project) -> None:
     assert _results_files(project) == []
 
 
-def test_error_then_success_is_not_a_failure(project: Project, tmp_path: pytest.TempPathFactory) -> None:
+def test_error_then_success_is_not_a_failure(
+    project: Project, tmp_path: pytest.TempPathFactory
+) -> None:
     flag = f"/tmp/emulator-flag-{wu_row.__name__}-{id(project)}"
-    submit(project, "flaky", f"test -f {flag} || {{ touch {flag}; exit 5; }}; echo ok > /root/shared/results/r.txt; rm -f {flag}")
+    submit(
+        project,
+        "flaky",
+        f"test -f {flag} || {{ touch {flag}; exit 5; }}; "
+        f"echo ok > /root/shared/results/r.txt; rm -f {flag}",
+    )
     Daemons(project, hosts=2).run_until_idle()
     rows = result_rows(project, "flaky")
     assert [(r.outcome, r.exit_status) for r in rows] == [(O.CLIENT_ERROR, 5), (O.SUCCESS, 0)]
@@ -138,14 +165,19 @@ def test_no_reply_times_out_and_is_replaced(project: Project) -> None:
     d.clock.advance(3601)
     d.transitioner_pass()
     rows = result_rows(project, "silent")
-    assert (rows[0].server_state, rows[0].outcome, rows[0].client_state) == (S.OVER, O.NO_REPLY, C.NEW)
+    assert (rows[0].server_state, rows[0].outcome, rows[0].client_state) == (
+        S.OVER,
+        O.NO_REPLY,
+        C.NEW,
+    )
     assert (rows[1].name, rows[1].server_state) == ("silent_1", S.UNSENT)
     assert wu_row(project, "silent").error_mask == 0
     # Healthy hosts now: the replacement succeeds.
     Daemons(project, hosts=2).run_until_idle()
     wu = wu_row(project, "silent")
     assert wu.canonical_resultid == result_rows(project, "silent")[1].id
-    assert wu.assimilate_state == A.DONE and len(_results_files(project)) == 1
+    assert wu.assimilate_state == A.DONE
+    assert len(_results_files(project)) == 1
 
 
 def test_no_reply_forever_hits_max_total_results(project: Project) -> None:
@@ -178,14 +210,23 @@ def test_cancel_jobs(project: Project) -> None:
     d.run_until_idle()
     for name in ("c_a", "c_b"):
         wu = wu_row(project, name)
-        assert (wu.assimilate_state, wu.canonical_resultid, wu.transition_time) == (A.DONE, 0, boinc.INT_MAX)
+        assert (wu.assimilate_state, wu.canonical_resultid, wu.transition_time) == (
+            A.DONE,
+            0,
+            boinc.INT_MAX,
+        )
 
 
 def test_client_error_fault(project: Project) -> None:
     submit(project, "ce", OK_JOB, "--max_error_results", "0")
     Daemons(project, hosts=1, faults=Faults.parse("client_error=1:7")).run_until_idle()
     (r,) = result_rows(project, "ce")
-    assert (r.outcome, r.client_state, r.exit_status, r.validate_state) == (O.CLIENT_ERROR, C.COMPUTE_ERROR, 7, V.INVALID)
+    assert (r.outcome, r.client_state, r.exit_status, r.validate_state) == (
+        O.CLIENT_ERROR,
+        C.COMPUTE_ERROR,
+        7,
+        V.INVALID,
+    )
     wu = wu_row(project, "ce")
     assert (wu.error_mask, wu.assimilate_state) == (boinc.ErrorMask.TOO_MANY_ERROR_RESULTS, A.DONE)
 
@@ -199,11 +240,15 @@ def test_broken_archive_is_assimilated_as_uploaded(project: Project, kind: str) 
     assert wu_row(project, "arch").assimilate_state == A.DONE
     (path,) = _results_files(project)
     with pytest.raises((tarfile.TarError, OSError, EOFError, zlib.error)):
-        with tarfile.open(project.results_dir / path, "r:gz") as tar:
-            for member in tar:
-                fh = tar.extractfile(member)
-                if fh is not None:
-                    fh.read()
+        _read_all(project.results_dir / path)
+
+
+def _read_all(path: Path) -> None:
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar:
+            fh = tar.extractfile(member)
+            if fh is not None:
+                fh.read()
 
 
 def test_no_output_uploads_an_empty_archive(project: Project) -> None:
@@ -239,7 +284,8 @@ def test_slow_host_reports_late(project: Project) -> None:
     d = Daemons(project, hosts=1, faults=Faults.parse("slow=1:5000"))
     d.run_until_idle()
     (r,) = result_rows(project, "slow")
-    assert r.server_state == S.IN_PROGRESS and d.pending_reports() == 1
+    assert r.server_state == S.IN_PROGRESS
+    assert d.pending_reports() == 1
     d.clock.advance(1001)
     d.transitioner_pass()
     rows = result_rows(project, "slow")
@@ -248,7 +294,11 @@ def test_slow_host_reports_late(project: Project) -> None:
     d.run_until_idle()
     rows = result_rows(project, "slow")
     # The late report is accepted (received_time was 0), like BOINC's scheduler does.
-    assert (rows[0].server_state, rows[0].outcome, rows[0].client_state) == (S.OVER, O.SUCCESS, C.FILES_UPLOADED)
+    assert (rows[0].server_state, rows[0].outcome, rows[0].client_state) == (
+        S.OVER,
+        O.SUCCESS,
+        C.FILES_UPLOADED,
+    )
     assert wu_row(project, "slow").assimilate_state == A.DONE
 
 
@@ -280,6 +330,8 @@ def test_gzip_helper_matches_gzip_n() -> None:
     from pipeline.emulator.tools import _gzip_n
 
     data = b"layer bytes" * 100
-    assert _gzip_n(data) == subprocess.run(["gzip", "-n", "-c"], input=data, capture_output=True, check=True).stdout[:0] + _gzip_n(data)
+    assert _gzip_n(data) == subprocess.run(
+        ["gzip", "-n", "-c"], input=data, capture_output=True, check=True
+    ).stdout[:0] + _gzip_n(data)
     assert gzip.decompress(_gzip_n(data)) == data
     assert _gzip_n(data)[4:8] == b"\0\0\0\0"  # no time stamp

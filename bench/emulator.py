@@ -1,0 +1,195 @@
+"""Benchmark the emulator: bulk creation with ``create_work --stdin`` and the full host-mode cycle.
+
+Prints workunits/s for creation (MariaDB when reachable, and SQLite) and for the
+full cycle (creation to assimilation) in host mode, plus a smaller container-mode
+run when a Docker engine and the test busybox image are present. Targets:
+creation >= 2,000 workunits/s into MariaDB; 10,000 workunits through the full
+host-mode cycle in under 2 minutes on 2 cores.
+
+    python bench/emulator.py [--n 10000] [--containers 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pipeline import boinc
+from pipeline.emulator import Daemons, Project
+
+TEMPLATE = """<input_template>
+<file_info>
+    <number>0</number>
+    <sticky/>
+    <no_delete/>
+</file_info>
+<file_info>
+    <number>1</number>
+    <sticky/>
+    <no_delete/>
+</file_info>
+<workunit>
+    <file_ref>
+        <file_number>0</file_number>
+        <open_name>shared/boinc_app</open_name>
+        <copy_file/>
+    </file_ref>
+    <file_ref>
+        <file_number>1</file_number>
+        <open_name>vbox_job.xml</open_name>
+        <copy_file/>
+    </file_ref>
+</workunit>
+</input_template>
+"""
+APP = "#!/bin/sh\nset -e\necho 42 > /root/shared/results/out.txt\n"
+
+
+def _mariadb() -> str | None:
+    try:
+        with socket.create_connection(("127.0.0.1", 3306), timeout=0.5):
+            pass
+    except OSError:
+        return None
+    import pymysql
+
+    name = f"bench_emu_{secrets.token_hex(4)}"
+    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    conn.cursor().execute(f"CREATE DATABASE `{name}`")
+    conn.close()
+    return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+
+
+def _drop(url: str) -> None:
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    conn.cursor().execute(f"DROP DATABASE IF EXISTS `{url.rsplit('/', 1)[1]}`")
+    conn.close()
+
+
+def _setup(root: Path, db_url: str | None) -> Project:
+    project = Project.init(root, db_url, root / "results", image_mode="host")
+    (project.root / "templates" / "bench_in").write_text(TEMPLATE)
+    for name, data in (("bench_app", APP), ("bench_vbox.xml", "<vbox_job/>\n")):
+        path = project.download_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(data)
+    return project
+
+
+def create(project: Project, n: int, prefix: str) -> float:
+    """Create n workunits with one create_work --stdin process; return seconds taken."""
+    lines = "".join(f"--wu_name {prefix}_{i} bench_app bench_vbox.xml\n" for i in range(n))
+    argv = [
+        str(project.root / "bin" / "create_work"),
+        "--appname", "boinc2docker",
+        "--wu_template", "templates/bench_in",
+        "--min_quorum", "1", "--target_nresults", "1",
+        "--stdin",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(argv, input=lines, text=True, check=True, cwd=project.root)
+    return time.perf_counter() - t0
+
+
+def cycle(project: Project, n: int, hosts: int) -> float:
+    """Run the daemons until every workunit is assimilated; return seconds taken."""
+    daemons = Daemons(project, hosts=hosts)
+    daemons.clock.advance(1)
+    engine = project.engine()
+
+    def finished() -> bool:
+        with engine.connect() as conn:
+            done = conn.execute(
+                sa.select(sa.func.count()).where(
+                    boinc.workunit.c.assimilate_state == int(boinc.AssimilateState.DONE)
+                )
+            ).scalar_one()
+        return int(done) >= n
+
+    t0 = time.perf_counter()
+    checks = [0.0]
+
+    def until() -> bool:
+        now = time.perf_counter()
+        if now - checks[0] < 0.5:
+            return False
+        checks[0] = now
+        return finished()
+
+    daemons.run(until=until, timeout=1800, idle_sleep=0.05)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--containers", type=int, default=5)
+    args = parser.parse_args()
+    print(f"emulator bench: {args.n} workunits, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        maria = _mariadb()
+        try:
+            if maria:
+                p = _setup(Path(tmp) / "maria", maria)
+                secs = create(p, args.n, "m")
+                print(
+                    f"create_work --stdin, MariaDB: {args.n / secs:,.0f} workunits/s ({secs:.2f} s)"
+                )
+                secs = cycle(p, args.n, args.hosts)
+                rate = args.n / secs
+                print(f"full host-mode cycle, MariaDB: {rate:,.0f} workunits/s ({secs:.1f} s)")
+                p.close()
+            else:
+                print("MariaDB not reachable: skipped")
+            p = _setup(Path(tmp) / "lite", None)
+            secs = create(p, args.n, "s")
+            print(f"create_work --stdin, SQLite: {args.n / secs:,.0f} workunits/s ({secs:.2f} s)")
+            secs = cycle(p, args.n, args.hosts)
+            print(f"full host-mode cycle, SQLite: {args.n / secs:,.0f} workunits/s ({secs:.1f} s)")
+            p.close()
+        finally:
+            if maria:
+                _drop(maria)
+        if args.containers:
+            _containers(Path(tmp) / "ctr", args.containers)
+    return 0
+
+
+def _containers(root: Path, n: int) -> None:
+    image = "boinc-pipeline-test/busybox:latest"
+    check = subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False)
+    if check.returncode != 0:
+        print(f"container mode: image {image} not present (run the tests once): skipped")
+        return
+    project = Project.init(root, None, root / "results", image_mode="docker")
+    script = str(project.root / "bin" / "boinc2docker_create_work.py")
+    t0 = time.perf_counter()
+    for i in range(n):
+        subprocess.run(
+            [script, "--wu_name", f"c_{i}", "--min_quorum", "1", "--target_nresults", "1",
+             image, "sh", "-c", "echo 42 > /root/shared/results/out.txt"],
+            check=True, capture_output=True, cwd=project.root,
+        )  # fmt: skip
+    made = time.perf_counter() - t0
+    secs = cycle(project, n, hosts=2)
+    print(
+        f"container mode: boinc2docker_create_work.py {n / made:.1f} workunits/s; "
+        f"cycle {n / secs:.2f} workunits/s ({secs:.1f} s for {n})"
+    )
+    project.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
