@@ -147,8 +147,6 @@ def _check_mode(spec: SweepSpec, mode: str) -> None:
 
     if mode not in MODES:
         raise ConfigError(f"submission mode {mode!r} is not one of {', '.join(MODES)}")
-    if mode == "fast":
-        raise ConfigError("submission mode 'fast' is not available yet; use 'batch' or 'script'")
     fits = supported_modes(spec)
     if mode not in fits:
         raise ConfigError(
@@ -260,7 +258,14 @@ def submit_points(
     t2 = time.perf_counter()
     outputs: list[str] = []
     if todo:
-        outputs = _create_script(ctx, todo) if mode == "script" else _create_batch(ctx, spec, todo)
+        if mode == "fast":
+            from pipeline.fast import create_fast
+
+            outputs = create_fast(ctx, spec, todo)
+        elif mode == "script":
+            outputs = _create_script(ctx, todo)
+        else:
+            outputs = _create_batch(ctx, spec, todo)
     t3 = time.perf_counter()
     created = ctx.boinc.existing_workunits(wu.wu_name for wu in todo) if todo else {}
     ctx.state.confirm_attempts(created)
