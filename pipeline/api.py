@@ -76,7 +76,11 @@ class Sweep:
             raise
         spec = SweepSpec.model_validate(record.spec)
         sweep = cls(
-            spec, server=server or record.server or None, settings=settings, state=state, record=record
+            spec,
+            server=server or record.server or None,
+            settings=settings,
+            state=state,
+            record=record,
         )
         sweep._own_state = True
         return sweep
@@ -171,7 +175,7 @@ class Sweep:
     # -- verbs ----------------------------------------------------------------
 
     def submit(self) -> Any:
-        """Run one top-up pass for this sweep's app; return a :class:`~pipeline.submit.TopUpReport`."""
+        """Run one top-up pass for this sweep's app; return a TopUpReport."""
         from pipeline.submit import top_up
 
         cushion = self.server_config.cushion_for(self.spec.app)
@@ -221,7 +225,11 @@ class Sweep:
         )
 
     def results(
-        self, columns: Sequence[str] | None = None, filters: Any = None, *, all_versions: bool = False
+        self,
+        columns: Sequence[str] | None = None,
+        filters: Any = None,
+        *,
+        all_versions: bool = False,
     ) -> Any:
         """Return the harvested rows as a pandas DataFrame (columns and filters pushed down)."""
         from pipeline.store import ResultStore
@@ -231,7 +239,7 @@ class Sweep:
         return store.read(self.spec.name, version=version, columns=columns, filters=filters)
 
     def retry(self, *, reason: str | None = None, include_exhausted: bool = False) -> Any:
-        """Submit a new attempt now for failed, lost and bad-output points (optionally by reason)."""
+        """Submit a new attempt now for failed, lost and bad-output points."""
         from pipeline.submit import retry_points
 
         return retry_points(

@@ -20,6 +20,14 @@ COMMANDS: dict[str, str] = {
     "plan": "pipeline.commands:plan_command",
     "schema": "pipeline.commands:schema",
     "emulator": "pipeline.emulator.cli:emulator",
+    "submit": "pipeline.sweep_commands:submit",
+    "status": "pipeline.sweep_commands:status",
+    "harvest": "pipeline.sweep_commands:harvest",
+    "results": "pipeline.sweep_commands:results",
+    "retry": "pipeline.sweep_commands:retry",
+    "cancel": "pipeline.sweep_commands:cancel",
+    "run": "pipeline.sweep_commands:run",
+    "report": "pipeline.sweep_commands:report",
 }
 
 

@@ -202,13 +202,13 @@ class ArchiveRejected(HarvestError):
 
 
 class ChunkStreamError(HarvestError):
-    """The outer tar stream of a harvest chunk is broken or cut short; fetching it again may work."""
+    """A harvest chunk's outer tar stream broke off; fetching it again may work."""
 
     recoverable = True
 
 
 class ParseError(HarvestError):
-    """An output file of a result could not be parsed; ``reason`` says why, for the point's record."""
+    """An output file of a result could not be parsed; ``reason`` says why."""
 
     def __init__(self, reason: str, *, output: str | None = None) -> None:
         self.reason = reason

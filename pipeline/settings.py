@@ -45,7 +45,7 @@ class Settings:
 
 
 def resolve_server_path(server: str, servers_dir: str = "configs/servers") -> Path:
-    """Return the config file for ``--server``: a path to a YAML file, or a name in ``servers_dir``."""
+    """Return the config file ``--server`` means: a YAML path, or a name in ``servers_dir``."""
     candidate = Path(server)
     if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
         if not candidate.is_file():
@@ -55,7 +55,11 @@ def resolve_server_path(server: str, servers_dir: str = "configs/servers") -> Pa
         named = Path(servers_dir) / f"{server}{suffix}"
         if named.is_file():
             return named
-    known = sorted(p.stem for p in Path(servers_dir).glob("*.y*ml")) if Path(servers_dir).is_dir() else []
+    known = (
+        sorted(p.stem for p in Path(servers_dir).glob("*.y*ml"))
+        if Path(servers_dir).is_dir()
+        else []
+    )
     raise ConfigError(
         f"no server config named {server!r} in {servers_dir}/ "
         f"(known: {', '.join(known) or 'none'}); pass a path to a YAML file or a known name"

@@ -242,7 +242,7 @@ class OutputSpec(_Model):
             raise ValueError(f"parser is only allowed with kind 'python', not {self.kind!r}")
         if self.delimiter is not None and self.kind not in ("csv", "tsv"):
             raise ValueError(f"delimiter is only allowed with kinds csv and tsv, not {self.kind!r}")
-        if "separator" in self.model_fields_set and self.kind != "keyvalue":
+        if self.separator != "=" and self.kind != "keyvalue":
             raise ValueError(f"separator is only allowed with kind 'keyvalue', not {self.kind!r}")
         return self
 

@@ -609,6 +609,20 @@ class StateDB:
             for r in rows
         ]
 
+    def attempt_rows(self, sweep_id: int) -> list[dict[str, Any]]:
+        """Return every attempt of a sweep as a dict of all its columns (for reports)."""
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(attempts)
+                    .where(attempts.c.sweep_id == sweep_id)
+                    .order_by(attempts.c.reserved_at)
+                )
+                .mappings()
+                .all()
+            )
+        return [dict(r) for r in rows]
+
     def confirm_attempts(self, created: dict[str, int]) -> None:
         """Mark reserved attempts as existing on the server, with their BOINC workunit ids."""
         if not created:

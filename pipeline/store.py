@@ -446,6 +446,14 @@ class ResultStore:
         paths = self.part_paths(sweep, version)
         if not paths:
             return pa.table({})
+        missing = [p for p in paths if not self._exists(p)]
+        if missing:
+            raise HarvestError(
+                f"the state database lists {len(paths)} part file(s) of sweep {sweep!r} but "
+                f"{len(missing)} are not under the store root {self.root_uri!r} (e.g. "
+                f"{missing[0]}): is --store / BOINC_PIPELINE_STORE the store these rows "
+                "were harvested into?"
+            )
         schemas = [pq.read_schema(p, filesystem=self.fs) for p in paths]
         try:
             schema = pa.unify_schemas(schemas, promote_options="permissive")
