@@ -183,14 +183,25 @@ def plan_command(spec_path: str, fmt: str, limit: int | None, attempt: int) -> N
 @click.option(
     "--server", is_flag=True, help="Print the server config's schema instead of the spec's."
 )
-def schema(server: bool) -> None:
+@click.option(
+    "--markdown",
+    is_flag=True,
+    help="Print the Markdown reference of both (docs/spec-reference.md).",
+)
+def schema(server: bool, markdown: bool) -> None:
     """Print the JSON Schema of a sweep spec (or, with --server, of a server config).
 
     \b
     Examples:
       boinc-pipeline schema > sweep.schema.json
       boinc-pipeline schema --server
+      boinc-pipeline schema --markdown > docs/spec-reference.md
     """
+    if markdown:
+        from pipeline.schema_doc import markdown_reference
+
+        click.echo(markdown_reference(), nl=False)
+        return
     if server:
         from pipeline.config import ServerConfig
 
