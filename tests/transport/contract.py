@@ -281,6 +281,7 @@ class TransportContract:
         with pytest.raises(RemoteFileError, match="moving"):
             transport.move_files({f"{scratch}/in/gone.tgz": f"{scratch}/done/gone.tgz"})
 
+    @pytest.mark.slow
     def test_ten_thousand_small_files_in_one_stream(
         self, transport: Transport, scratch: str
     ) -> None:
