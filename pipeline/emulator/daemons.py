@@ -44,6 +44,7 @@ import re
 import secrets
 import shutil
 import time
+import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -245,6 +246,7 @@ class Daemons:
         base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.project.root / "tmp"
         self.slots = base / f"boinc-emulator-{os.getpid()}-{secrets.token_hex(4)}"
         self.slots.mkdir(parents=True, exist_ok=True)
+        weakref.finalize(self, shutil.rmtree, self.slots, True)
 
     def _load_apps(self) -> dict[str, int]:
         with self.engine.connect() as conn:
