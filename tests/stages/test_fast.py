@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import boinc
+from pipeline.config import AppConfig
 from pipeline.fast import SHARED_FLAGS, ServerLayout, create_fast, read_layout
 from pipeline.plan import plan
 
@@ -246,12 +247,13 @@ def test_a_failed_multi_row_insert_is_resumed(dbench: Bench, busybox_image: str)
 _SUBMITTER = """
 import json, sys
 from pipeline.api import Sweep
-from pipeline.config import DbConfig, ServerConfig
+from pipeline.config import AppConfig, DbConfig, ServerConfig
 from pipeline.settings import Settings
 from pipeline.spec import SweepSpec
 a = json.loads(sys.argv[1])
 server = ServerConfig(name="emulated", transport=a["transport"], results=a["results"],
-                      boinc_db=DbConfig(url=a["db"]), mode="fast", python=a["python"])
+                      boinc_db=DbConfig(url=a["db"]), mode="fast", python=a["python"],
+                      apps={"boinc2docker": AppConfig(cushion=5000)})
 settings = Settings(state_url=a["state"], store_root=a["store"])
 with Sweep(SweepSpec.model_validate(a["spec"]), server=server, settings=settings) as s:
     s.submit()
@@ -279,6 +281,9 @@ def test_kill_9_mid_chunk_then_rerun(dbench: Bench, busybox_image: str) -> None:
         n=400,
         parameters={"grid": {"x": list(range(400)), "y": [2, 5, 7, 9], "label": ["a"]}},
         submit={"mode": "fast", "chunk_size": 2000},
+    )
+    dbench.server = dbench.server.model_copy(
+        update={"apps": {"boinc2docker": AppConfig(cushion=5000)}}
     )
     cfg = dbench.server
     args = json.dumps(
