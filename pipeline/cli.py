@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "cancel": "pipeline.sweep_commands:cancel",
     "run": "pipeline.sweep_commands:run",
     "report": "pipeline.sweep_commands:report",
+    "doctor": "pipeline.doctor:doctor",
 }
 
 
