@@ -140,13 +140,15 @@ def test_create_work_stdin_bulk(native: Project) -> None:
 
 
 def test_create_work_stdin_line_limit_and_duplicates(native: Project) -> None:
-    ok = "--wu_name " + "n" * (4096 - len("--wu_name  in_a.txt")) + " in_a.txt"
+    head = '--wu_name ok1 --command_line "'
+    ok = head + "c" * (4096 - len(head) - len('" in_a.txt')) + '" in_a.txt'
     assert len(ok) == 4096
     assert (
         _create_work(native, "--appname", "boinc2docker", "--stdin", stdin=ok + "\n").returncode
         == 0
     )
-    long = "--wu_name " + "m" * 4100 + " in_a.txt\n"
+    assert "c" * 4000 in wu_row(native, "ok1").xml_doc.decode()
+    long = '--wu_name toolong --command_line "' + "m" * 4100 + '" in_a.txt\n'
     proc = _create_work(native, "--appname", "boinc2docker", "--stdin", stdin=long)
     assert proc.returncode == 1
     assert "4096" in proc.stderr
