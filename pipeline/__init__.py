@@ -14,13 +14,22 @@ __version__ = "0.1.0.dev0"
 _EXPORTS: dict[str, str] = {
     "load_spec": "pipeline.spec:load_spec",
     "SweepSpec": "pipeline.spec:SweepSpec",
-    "plan": "pipeline.plan:plan",
     "PlannedWorkunit": "pipeline.plan:PlannedWorkunit",
     "point_id": "pipeline.plan:point_id",
+    "Sweep": "pipeline.api:Sweep",
+    "status": "pipeline.api:status",
+    "results": "pipeline.api:results",
+    "Settings": "pipeline.settings:Settings",
+    "ServerConfig": "pipeline.config:ServerConfig",
+    "load_server_config": "pipeline.config:load_server_config",
     "PipelineError": "pipeline.errors:PipelineError",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = ["__version__", "plan", *sorted(_EXPORTS)]
+
+# ``plan`` is both a submodule and the function users call: bind the function
+# now, or the first ``import pipeline.plan`` anywhere would shadow it.
+from pipeline.plan import plan  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:
