@@ -25,6 +25,7 @@ from pipeline.api import Sweep
 from pipeline.config import AppConfig, DbConfig, ServerConfig
 from pipeline.settings import Settings
 from pipeline.spec import load_spec
+from pipeline.track import SweepStatus
 
 __all__ = ["main", "run_demo"]
 
@@ -109,7 +110,7 @@ def run_demo(
     return 0 if ok else 1
 
 
-def _drive(console: Console, sweep: Sweep, deadline: float) -> object:
+def _drive(console: Console, sweep: Sweep, deadline: float) -> SweepStatus:
     columns = (
         TextColumn("{task.description:>10}"),
         BarColumn(),
@@ -138,20 +139,18 @@ def _drive(console: Console, sweep: Sweep, deadline: float) -> object:
             time.sleep(0.5)
 
 
-def _finish(console: Console, sweep: Sweep, status: object, data: Path) -> None:
+def _finish(console: Console, sweep: Sweep, status: SweepStatus, data: Path) -> None:
     from pipeline.sweep_commands import _print_failures, _status_table
 
-    console.print(_status_table(status))  # type: ignore[arg-type]
-    _print_failures(console, status)  # type: ignore[arg-type]
+    console.print(_status_table(status))
+    _print_failures(console, status)
     frame = sweep.results()
     shown = [c for c in frame.columns if c.startswith(("p.", "out.")) or c in ("attempt", "hostid")]
     console.rule("results (head)")
     console.print(frame[shown].sort_values(shown[:2]).head(8).to_string(index=False))
     console.print(f"{len(frame)} rows in {data / 'store'}")
-    try:
-        from pipeline.reporting import write_sweep_report
-    except ImportError:
-        return
+    from pipeline.reporting import write_sweep_report
+
     out = write_sweep_report(sweep, data / "report.html")
     console.print(f"report: {out}")
 
