@@ -208,6 +208,69 @@ class Sweep:
         params.columns = [f"p.{c}" for c in params.columns]
         return pd.concat([frame, params], axis=1)
 
+    def point_detail(self, point_id: str) -> dict[str, Any]:
+        """Return one point's parameters, state and every attempt with its BOINC results.
+
+        Each attempt lists its results (host, CPU and elapsed time, exit status,
+        outcome, server and client state) as the BOINC database holds them now;
+        a purged workunit shows only what the state database recorded.
+        """
+        from pipeline.boinc import ClientState, Outcome, ServerState
+
+        rec = self.record_if_known()
+        rows = [r for r in self.state.point_table(rec.id) if r[0].startswith(point_id)]
+        if len(rows) != 1:
+            found = "no point" if not rows else f"{len(rows)} points"
+            raise ConfigError(f"{found} of sweep {rec.name!r} has an id starting with {point_id!r}")
+        pid, attempt, state, reason, params = rows[0]
+        attempts = self.state.attempts_of(rec.id, pid)
+        boinc = self.server.boinc
+        ids = boinc.existing_workunits(a.wu_name for a in attempts)
+        results = boinc.results_of(ids.values())
+
+        def name(enum: Any, value: int) -> str:
+            try:
+                return str(enum(value).name.lower())
+            except ValueError:
+                return str(value)
+
+        detail = []
+        for a in attempts:
+            wu_id = ids.get(a.wu_name)
+            detail.append(
+                {
+                    "wu_name": a.wu_name,
+                    "attempt": a.attempt,
+                    "wu_id": wu_id,
+                    "outcome": a.outcome,
+                    "reason": a.reason,
+                    "purged": wu_id is None and a.submitted_at is not None,
+                    "results": [
+                        {
+                            "name": r.name,
+                            "server_state": name(ServerState, r.server_state),
+                            "outcome": name(Outcome, r.outcome),
+                            "client_state": name(ClientState, r.client_state),
+                            "exit_status": r.exit_status,
+                            "hostid": r.hostid,
+                            "cpu_time": r.cpu_time,
+                            "elapsed_time": r.elapsed_time,
+                            "received_time": r.received_time,
+                        }
+                        for r in results
+                        if r.workunitid == wu_id
+                    ],
+                }
+            )
+        return {
+            "point_id": pid,
+            "state": state,
+            "reason": reason,
+            "attempt": attempt,
+            "params": params,
+            "attempts": detail,
+        }
+
     def harvest(self, **kwargs: Any) -> Any:
         """Ingest every finished point's results into the store; return a HarvestReport."""
         from pipeline.harvest import harvest_sweep

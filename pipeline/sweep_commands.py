@@ -109,6 +109,44 @@ def _print_failures(console: Console, status: SweepStatus) -> None:
     console.print(table)
 
 
+def _print_point(console: Console, detail: dict[str, Any]) -> None:
+    console.print(
+        f"point {detail['point_id']}: [bold]{detail['state']}[/] (attempt {detail['attempt']})"
+        + (f" - {detail['reason']}" if detail["reason"] else "")
+    )
+    console.print(f"params: {json.dumps(detail['params'])}")
+    table = Table()
+    for column in (
+        "attempt",
+        "result",
+        "server",
+        "outcome",
+        "client",
+        "exit",
+        "host",
+        "cpu s",
+        "elapsed s",
+    ):
+        table.add_column(column)
+    for a in detail["attempts"]:
+        if not a["results"]:
+            note = "purged" if a["purged"] else (a["outcome"] or "no results yet")
+            table.add_row(str(a["attempt"]), a["wu_name"], note, "", "", "", "", "", "")
+        for r in a["results"]:
+            table.add_row(
+                str(a["attempt"]),
+                r["name"],
+                r["server_state"],
+                r["outcome"],
+                r["client_state"],
+                str(r["exit_status"]),
+                str(r["hostid"]),
+                f"{r['cpu_time']:.1f}",
+                f"{r['elapsed_time']:.1f}",
+            )
+    console.print(table)
+
+
 @click.command()
 @click.argument("target")
 @_common
@@ -171,6 +209,12 @@ def submit(
 @_common
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.option("--points", is_flag=True, help="List every point with its state and reason.")
+@click.option(
+    "--point",
+    "point_id",
+    default=None,
+    help="Show one point (an id or its prefix): attempts, hosts, times, exit statuses.",
+)
 @click.option("--offline", is_flag=True, help="Read the state database only; do not ask BOINC.")
 @click.option("--watch", is_flag=True, help="Refresh a live table until interrupted.")
 @click.option("--interval", default=10.0, show_default=True, help="Seconds between refreshes.")
@@ -182,6 +226,7 @@ def status(
     version: int | None,
     as_json: bool,
     points: bool,
+    point_id: str | None,
     offline: bool,
     watch: bool,
     interval: float,
@@ -193,9 +238,17 @@ def status(
       boinc-pipeline status grid-csv
       boinc-pipeline status grid-csv --json
       boinc-pipeline status grid-csv --watch
+      boinc-pipeline status grid-csv --point 0d9caee7
     """
     console = Console()
     with _open(target, state, store, server, version) as sweep:
+        if point_id:
+            detail = sweep.point_detail(point_id)
+            if as_json:
+                click.echo(json.dumps(detail))
+            else:
+                _print_point(console, detail)
+            return
         if points:
             frame = sweep.status()
             if as_json:

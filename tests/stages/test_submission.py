@@ -241,3 +241,19 @@ def test_kill_during_submission_never_duplicates(bench: Bench) -> None:
         attempts = sweep.state.attempts_of(sweep.record.id)
         assert len(attempts) == 12
         assert all(a.submitted_at is not None and a.wu_id for a in attempts)
+
+
+def test_point_detail_lists_attempts_and_their_results(bench: Bench) -> None:
+    spec = grid_spec(n=1, job={"max_error_results": 0, "max_total_results": 1})
+    with bench.sweep(spec) as sweep:
+        _drive(bench, sweep, "client_error=1.0:7,seed=1")
+        pid = sweep.status()["point_id"].iloc[0]
+        detail = sweep.point_detail(pid[:8])
+    assert detail["point_id"] == pid
+    assert detail["state"] == "exhausted"
+    assert [a["attempt"] for a in detail["attempts"]] == [1, 2]
+    for attempt in detail["attempts"]:
+        (result,) = attempt["results"]
+        assert (result["outcome"], result["exit_status"]) == ("client_error", 7)
+        assert result["client_state"] == "compute_error"
+        assert result["hostid"] > 0
