@@ -121,3 +121,28 @@ def test_url_safe_hides_password() -> None:
     db = StateDB.__new__(StateDB)
     db.url = "mysql+pymysql://root:s3cret@127.0.0.1/x"
     assert "s3cret" not in db.url_safe
+
+
+def test_an_older_schema_is_migrated_with_its_data(state_url: str) -> None:
+    from pipeline.state import MIGRATIONS, ledger, sweeps
+
+    engine = sa.create_engine(state_url)
+    with engine.begin() as conn:
+        schema_table.create(conn)
+        conn.execute(schema_table.insert().values(id=1, version=1))
+        MIGRATIONS[1](conn)
+        conn.execute(
+            sweeps.insert().values(
+                name="old", version=1, spec_json="{}", spec_hash="h", app="a", created_at=1.0
+            )
+        )
+    assert not sa.inspect(engine).has_table("bp_ledger")
+    engine.dispose()
+    db = StateDB(state_url)
+    try:
+        assert db.get_sweep("old").spec_hash == "h"
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.select(schema_table.c.version)).scalar_one() == SCHEMA_VERSION
+            assert conn.execute(sa.select(sa.func.count()).select_from(ledger)).scalar_one() == 0
+    finally:
+        db.close()
