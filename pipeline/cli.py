@@ -54,7 +54,16 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="boinc-pipeline")
-def cli() -> None:
+@click.option(
+    "--log-level",
+    default="WARNING",
+    envvar="BOINC_PIPELINE_LOG",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="How much to log to stderr [env BOINC_PIPELINE_LOG].",
+)
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
+def cli(log_level: str, log_json: bool) -> None:
     """Run parameter sweeps on a BOINC (boinc2docker) project and harvest the results.
 
     \b
@@ -62,6 +71,9 @@ def cli() -> None:
       boinc-pipeline validate configs/examples/grid-csv.yaml
       boinc-pipeline plan configs/examples/grid-csv.yaml --format jsonl --limit 3
     """
+    from pipeline.logs import configure
+
+    configure(log_level, json_lines=log_json)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except PipelineError as exc:
-        click.echo(f"error: {exc}", err=True)
+        from pipeline.logs import redact
+
+        click.echo(f"error: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

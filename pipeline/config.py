@@ -124,8 +124,11 @@ class DbConfig(_Model):
         """Return the URL with the password filled in (read now; never log the result)."""
         from sqlalchemy.engine import make_url
 
+        from pipeline.logs import register_secret
+
         url = make_url(self.url)
         pw = self.password()
+        register_secret(pw)
         if pw is not None:
             url = url.set(password=pw)
         return url.render_as_string(hide_password=False)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -56,6 +57,8 @@ __all__ = [
     "submit_points",
     "top_up",
 ]
+
+log = logging.getLogger(__name__)
 
 MODES = ("script", "batch", "fast")
 #: Point states a new attempt may be made for, automatically or by ``retry``.
@@ -275,6 +278,10 @@ def submit_points(
     report.timings = {"reserve": t1 - t0, "precheck": t2 - t1, "create": t3 - t2, "verify": t4 - t3}
     missing = [wu.wu_name for wu in todo if wu.wu_name not in created]
     if missing:
+        log.error(
+            "workunits were not created",
+            extra={"sweep": sweep.name, "missing": len(missing), "example": missing[0]},
+        )
         ctx.state.drop_attempts(sweep.id, missing)
         detail = "\n".join(o for o in outputs if any(m in o for m in missing[:3])) or "\n".join(
             outputs[-3:]
@@ -293,6 +300,17 @@ def submit_points(
         )
     if report.created:
         ctx.state.log_event("submit", f"created {report.created} workunit(s)", sweep_id=sweep.id)
+    log.info(
+        "submitted a chunk",
+        extra={
+            "sweep": sweep.name,
+            "version": sweep.version,
+            "mode": mode,
+            "workunits_created": report.created,
+            "workunits_existed": report.existed,
+            "seconds": round(t4 - t0, 3),
+        },
+    )
     return report
 
 
