@@ -31,7 +31,7 @@ def test_json_lines_carry_extra_fields_redacted() -> None:
             "msg": "url %s",
             "args": ("ssh://u:pw@h/x",),
             "sweep": "grid",
-            "created": 3,
+            "n": 3,
         }
     )
     assert RedactingFilter().filter(record)
