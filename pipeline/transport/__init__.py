@@ -50,8 +50,7 @@ def transport_class(scheme: str) -> type[Transport]:
     except KeyError:
         allowed = ", ".join(f"{s}://" for s in TRANSPORTS)
         raise ConfigError(
-            f"unknown transport scheme {scheme + '://' if scheme else '(none)'}; "
-            f"allowed: {allowed}"
+            f"unknown transport scheme {scheme + '://' if scheme else '(none)'}; allowed: {allowed}"
         ) from None
     module_name, _, attr = target.partition(":")
     try:
@@ -62,7 +61,8 @@ def transport_class(scheme: str) -> type[Transport]:
             f"the {scheme}:// transport needs {lib}: pip install 'boinc-pipeline[{extra}]'"
         ) from exc
     cls = getattr(module, attr)
-    assert isinstance(cls, type) and issubclass(cls, Transport)
+    assert isinstance(cls, type)
+    assert issubclass(cls, Transport)
     return cls
 
 

@@ -31,7 +31,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -78,9 +78,9 @@ WRAPPER = (
     "shift\n"
     "_bp_pg=0\n"
     'if read -r _bp_st < "/proc/$$/stat" 2>/dev/null; then\n'
-    '  _bp_r=${_bp_st##*) }; _bp_r=${_bp_r#* }; _bp_r=${_bp_r#* }; _bp_pg=${_bp_r%% *}\n'
+    "  _bp_r=${_bp_st##*) }; _bp_r=${_bp_r#* }; _bp_r=${_bp_r#* }; _bp_pg=${_bp_r%% *}\n"
     "fi\n"
-    "printf '\\036bp-pid %s %s\\n' \"$$\" \"$_bp_pg\" >&2\n"
+    'printf \'\\036bp-pid %s %s\\n\' "$$" "$_bp_pg" >&2\n'
     'exec "$@"\n'
 )
 
@@ -255,10 +255,8 @@ class _Execution:
 
     # -- threads ---------------------------------------------------------------
     def _close_stdin(self) -> None:
-        try:
+        with suppress(OSError, TransportError):
             self.proc.close_stdin()
-        except (OSError, TransportError):
-            pass
 
     def _feed_stdin(self, stdin: bytes | IO[bytes] | Iterable[bytes]) -> None:
         try:
@@ -315,10 +313,8 @@ class _Execution:
     # -- caller side -------------------------------------------------------------
     def kill(self) -> None:
         """Stop the program now (used on timeout and when a caller stops reading)."""
-        try:
+        with suppress(TransportError):
             self.proc.terminate()
-        except TransportError:
-            pass
 
     def read(self, n: int) -> bytes:
         """Return up to ``n`` bytes of stdout."""
@@ -379,7 +375,7 @@ def _chunks(stdin: bytes | IO[bytes] | Iterable[bytes]) -> Iterator[bytes]:
                 return
             yield data
     else:
-        yield from stdin  # type: ignore[misc]
+        yield from stdin
 
 
 class CommandStream(io.RawIOBase):
@@ -594,9 +590,7 @@ class Transport(abc.ABC):
             yield out
 
     @contextmanager
-    def _streaming(
-        self, execution: _Execution, out: CommandStream, check: bool
-    ) -> Iterator[None]:
+    def _streaming(self, execution: _Execution, out: CommandStream, check: bool) -> Iterator[None]:
         try:
             yield
         except BaseException:
@@ -713,9 +707,10 @@ class Transport(abc.ABC):
 
         def produce() -> None:
             try:
-                with os.fdopen(writer_fd, "wb") as pipe, tarfile.open(
-                    fileobj=pipe, mode="w|", format=tarfile.PAX_FORMAT
-                ) as tar:
+                with (
+                    os.fdopen(writer_fd, "wb") as pipe,
+                    tarfile.open(fileobj=pipe, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+                ):
                     now = time.time()
                     for p, data in targets.items():
                         info = tarfile.TarInfo(p.lstrip("/"))
@@ -758,7 +753,9 @@ class Transport(abc.ABC):
         """Delete server files; paths already gone are ignored."""
         full = [self.path(p) for p in paths]
         for batch in _batches(full, 1):
-            res = self.run(["sh", "-c", REMOVE_SCRIPT, "sh", *batch], cwd="/", user=user, check=False)
+            res = self.run(
+                ["sh", "-c", REMOVE_SCRIPT, "sh", *batch], cwd="/", user=user, check=False
+            )
             if res.exit_code != 0:
                 text = res.stderr.decode("utf-8", "replace").strip()
                 raise RemoteFileError(f"removing files on {self.url} failed: {text}")
@@ -804,7 +801,7 @@ def _parse_listing(data: bytes, folder: str) -> list[RemoteFile]:
             if not name:
                 break
             names.append(name.decode("utf-8", "surrogateescape"))
-        for name in names:
+        for text in names:
             end = data.index(b"\n", pos)
             line = data[pos:end].split()
             pos = end + 1
@@ -812,7 +809,7 @@ def _parse_listing(data: bytes, folder: str) -> list[RemoteFile]:
                 continue
             if int(line[2], 16) & 0o170000 != 0o100000:
                 continue  # not a regular file
-            path = posixpath.normpath(posixpath.join(folder, name))
+            path = posixpath.normpath(posixpath.join(folder, text))
             files[path] = RemoteFile(path, int(line[0]), float(line[1]))
     return sorted(files.values())
 
@@ -843,7 +840,6 @@ class _EmptyTar(io.BytesIO):
         super().__init__(buf.getvalue())
         self.missing: list[str] = []
         self.result: CommandResult | None = None
-
 
 
 def url_options(url: str, query: str, allowed: Iterable[str]) -> dict[str, str]:

@@ -219,7 +219,9 @@ class DockerTransport(Transport):
         try:
             timeout = float(o.get("timeout", "60"))
         except ValueError:
-            raise ConfigError(f"timeout must be a number of seconds (got {o['timeout']!r})") from None
+            raise ConfigError(
+                f"timeout must be a number of seconds (got {o['timeout']!r})"
+            ) from None
         return cls(
             unquote(parts.netloc),
             path or o.get("workdir") or "/",
@@ -231,9 +233,7 @@ class DockerTransport(Transport):
 
     @property
     def url(self) -> str:
-        extra = "&".join(
-            f"{k}={v}" for k, v in (("user", self.user), ("host", self.host)) if v
-        )
+        extra = "&".join(f"{k}={v}" for k, v in (("user", self.user), ("host", self.host)) if v)
         return f"docker://{self.container}{self.root}" + (f"?{extra}" if extra else "")
 
     @property

@@ -8,6 +8,7 @@ own, so a timeout kills its whole process group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -37,10 +38,8 @@ class LocalProcess(Process):
         self._pipe(self.popen.stdin).write(data)
 
     def close_stdin(self) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self._pipe(self.popen.stdin).close()
-        except BrokenPipeError:
-            pass
 
     def read_stdout(self, n: int) -> bytes:
         return os.read(self._pipe(self.popen.stdout).fileno(), n)
@@ -65,10 +64,8 @@ class LocalProcess(Process):
             if pipe is not None:
                 pipe.close()
         if self.popen.stdin is not None and not self.popen.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self.popen.stdin.close()
-            except BrokenPipeError:
-                pass
 
 
 class _FailedProcess(Process):

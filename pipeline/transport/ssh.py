@@ -479,7 +479,7 @@ class SSHTransport(Transport):
         def pump(conn: socket.socket, chan: paramiko.Channel) -> None:
             try:
                 while not stop.is_set():
-                    ready, _, _ = select.select([conn, chan], [], [], 0.5)
+                    ready, _, _ = select.select([conn, chan], [], [], 0.5)  # type: ignore[type-var]
                     if conn in ready:
                         data = conn.recv(65536)
                         if not data:

@@ -175,7 +175,8 @@ class TransportContract:
         assert out.result is not None
         with transport.stream(["sh", "-c", "printf abc; exit 4"], check=False) as out:
             assert out.read() == b"abc"
-        assert out.result is not None and out.result.exit_code == 4
+        assert out.result is not None
+        assert out.result.exit_code == 4
         with pytest.raises(CommandFailed), transport.stream(["sh", "-c", "exit 5"]) as out:
             out.read()
 
@@ -211,9 +212,10 @@ class TransportContract:
         files = {f"{scratch}/d{i % 3}/f {i}.txt": os.urandom(100 + i) for i in range(12)}
         transport.write_files(files, mode=0o640)
         seen: dict[str, bytes] = {}
-        with transport.open_tar_stream(sorted(files)) as stream, tarfile.open(
-            fileobj=stream, mode="r|"
-        ) as tar:
+        with (
+            transport.open_tar_stream(sorted(files)) as stream,
+            tarfile.open(fileobj=stream, mode="r|") as tar,
+        ):
             for member in tar:
                 fh = tar.extractfile(member)
                 assert fh is not None
@@ -221,9 +223,7 @@ class TransportContract:
                 assert member.mode & 0o777 == 0o640
         assert seen == files
         assert stream.missing == []
-        with transport.open_tar_stream([]) as empty, tarfile.open(
-            fileobj=empty, mode="r|"
-        ) as tar:
+        with transport.open_tar_stream([]) as empty, tarfile.open(fileobj=empty, mode="r|") as tar:
             assert list(tar) == []
 
     def test_missing_file_does_not_poison_the_stream(
@@ -233,17 +233,19 @@ class TransportContract:
         transport.write_files(good)
         wanted = [f"{scratch}/a.tgz", f"{scratch}/b-missing.tgz", f"{scratch}/c.tgz"]
         names: list[str] = []
-        with pytest.raises(MissingFilesError) as info:  # noqa: PT012
-            with transport.open_tar_stream(wanted) as stream, tarfile.open(
-                fileobj=stream, mode="r|"
-            ) as tar:
-                names.extend("/" + m.name for m in tar)
+        with (
+            pytest.raises(MissingFilesError) as info,
+            transport.open_tar_stream(wanted) as stream,
+            tarfile.open(fileobj=stream, mode="r|") as tar,
+        ):
+            names.extend("/" + m.name for m in tar)
         assert names == [f"{scratch}/a.tgz", f"{scratch}/c.tgz"]
         assert list(info.value.missing) == [f"{scratch}/b-missing.tgz"]
         assert "b-missing.tgz" in str(info.value)
-        with transport.open_tar_stream(wanted, missing_ok=True) as stream, tarfile.open(
-            fileobj=stream, mode="r|"
-        ) as tar:
+        with (
+            transport.open_tar_stream(wanted, missing_ok=True) as stream,
+            tarfile.open(fileobj=stream, mode="r|") as tar,
+        ):
             assert len(list(tar)) == 2
         assert stream.missing == [f"{scratch}/b-missing.tgz"]
 
@@ -267,8 +269,10 @@ class TransportContract:
         files = {f"{scratch}/in/r{i}.tgz": b"x" * i for i in range(5)}
         transport.write_files(files)
         transport.move_files(
-            {f"{scratch}/in/r0.tgz": f"{scratch}/done/2024-01-01/r0.tgz",
-             f"{scratch}/in/r1.tgz": f"{scratch}/done/2024-01-02/r1.tgz"}
+            {
+                f"{scratch}/in/r0.tgz": f"{scratch}/done/2024-01-01/r0.tgz",
+                f"{scratch}/in/r1.tgz": f"{scratch}/done/2024-01-02/r1.tgz",
+            }
         )
         transport.remove_files([f"{scratch}/in/r2.tgz", f"{scratch}/in/never-there.tgz"])
         left = [f.path for f in transport.list_files(scratch, ["in/*", "done/*/*"])]
@@ -290,9 +294,10 @@ class TransportContract:
         listed = transport.list_files(f"{scratch}/many", "*/*.tgz")
         assert len(listed) == 10_000
         count = 0
-        with transport.open_tar_stream([f.path for f in listed]) as stream, tarfile.open(
-            fileobj=stream, mode="r|"
-        ) as tar:
+        with (
+            transport.open_tar_stream([f.path for f in listed]) as stream,
+            tarfile.open(fileobj=stream, mode="r|") as tar,
+        ):
             for member in tar:
                 fh = tar.extractfile(member)
                 assert fh is not None
@@ -324,9 +329,10 @@ class TransportContract:
         tracemalloc.start()
         try:
             total = 0
-            with transport.open_tar_stream([path]) as stream, tarfile.open(
-                fileobj=stream, mode="r|"
-            ) as tar:
+            with (
+                transport.open_tar_stream([path]) as stream,
+                tarfile.open(fileobj=stream, mode="r|") as tar,
+            ):
                 for member in tar:
                     fh = tar.extractfile(member)
                     assert fh is not None

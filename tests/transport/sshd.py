@@ -63,7 +63,9 @@ def _keygen(path: Path) -> None:
 def sshd_server() -> Iterator[SSHServer]:
     """A running OpenSSH server for the whole test session."""
     if not Path(SSHD).is_file() or shutil.which("ssh-keygen") is None:
-        service_missing("sshd", f"{SSHD} or ssh-keygen is not installed (apt-get install openssh-server)")
+        service_missing(
+            "sshd", f"{SSHD} or ssh-keygen is not installed (apt-get install openssh-server)"
+        )
     if os.geteuid() != 0:
         service_missing("sshd", "the test sshd must run as root")
     folder = Path(tempfile.mkdtemp(prefix="bp-sshd-"))

@@ -35,14 +35,14 @@ def test_url_forms() -> None:
 
 def test_missing_container_is_a_clear_error(docker_client: Any) -> None:
     t = open_transport("docker://bp-no-such-container/tmp")
-    with pytest.raises(ContainerError, match="no container named 'bp-no-such-container'") as info:
+    with pytest.raises(ContainerError, match=r"no container named 'bp-no-such-container'") as info:
         t.run(["true"])
     assert not info.value.recoverable
 
 
 def test_stopped_container_is_a_clear_error(stopped_container: Any) -> None:
     t = open_transport(f"docker://{stopped_container.name}/")
-    with pytest.raises(ContainerError, match="is not running.*docker start"):
+    with pytest.raises(ContainerError, match=r"is not running.*docker start"):
         t.run(["true"])
 
 
@@ -65,10 +65,10 @@ RECORDED_TOO_OLD = {
 class _TooOldEngine(BaseHTTPRequestHandler):
     """A FAKE Docker engine: answers every versioned request with the recorded refusal."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         self._refuse()
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         self._refuse()
 
     def _refuse(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -73,7 +74,7 @@ def test_changed_host_key_is_refused(sshd_server: SSHServer, tmp_path: Path) -> 
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{sshd_server.port} {kind} {blob}\n")
     t = open_transport(sshd_server.url("/", known_hosts=str(known)))
-    with pytest.raises(HostKeyError, match="does not match.*ssh-keygen"):
+    with pytest.raises(HostKeyError, match=r"does not match.*ssh-keygen"):
         t.run(["true"])
 
 
@@ -134,7 +135,8 @@ def test_port_forward_reaches_mariadb(sshd_server: SSHServer) -> None:
                     with conn.cursor() as cur:
                         cur.execute("SELECT 6 * 7, CONNECTION_ID()")
                         row = cur.fetchone()
-                        assert row is not None and row[0] == 42
+                        assert row is not None
+                        assert row[0] == 42
                 finally:
                     conn.close()
         assert not port_open("127.0.0.1", port)
@@ -147,9 +149,7 @@ def test_missing_container_is_a_clear_error(sshd_server: SSHServer) -> None:
     assert not info.value.recoverable
 
 
-def test_stopped_container_is_a_clear_error(
-    sshd_server: SSHServer, stopped_container: Any
-) -> None:
+def test_stopped_container_is_a_clear_error(sshd_server: SSHServer, stopped_container: Any) -> None:
     t = open_transport(sshd_server.url("/", container=stopped_container.name))
     with pytest.raises(ContainerError, match="is not running"):
         t.run(["true"])
@@ -168,7 +168,5 @@ def test_container_removed_after_connecting(
         with pytest.raises(ContainerError, match=container.name):
             t.run(["true"])
     finally:
-        try:
+        with contextlib.suppress(Exception):  # already removed by the test
             container.remove(force=True)
-        except Exception:  # already removed by the test
-            pass
