@@ -21,8 +21,9 @@ from .contract import TransportContract
 class TestDockerTransport(TransportContract):
     other_user = "boincadm"
 
-    @pytest.fixture
-    def transport(self, boincadm_container: Any) -> Iterator[Transport]:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def transport(cls, boincadm_container: Any) -> Iterator[Transport]:
         with open_transport(f"docker://{boincadm_container.name}{PROJECT}") as t:
             yield t
 

@@ -25,8 +25,9 @@ from .sshd import SSHServer, _keygen
 class TestSSHTransport(TransportContract):
     other_user = "nobody"
 
-    @pytest.fixture
-    def transport(self, sshd_server: SSHServer) -> Iterator[Transport]:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def transport(cls, sshd_server: SSHServer) -> Iterator[Transport]:
         with open_transport(sshd_server.url("/tmp")) as t:
             yield t
 
@@ -36,8 +37,9 @@ class TestSSHContainerTransport(TransportContract):
 
     other_user = "boincadm"
 
-    @pytest.fixture
-    def transport(self, sshd_server: SSHServer, boincadm_container: Any) -> Iterator[Transport]:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def transport(cls, sshd_server: SSHServer, boincadm_container: Any) -> Iterator[Transport]:
         url = sshd_server.url(PROJECT, container=boincadm_container.name)
         with open_transport(url) as t:
             yield t
