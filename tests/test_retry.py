@@ -40,7 +40,8 @@ def test_retries_recoverable_errors_then_succeeds() -> None:
     assert retry(fn, policy, sleep=waits.append, on_retry=lambda e, n, d: seen.append(n)) == "done"
     assert fn.calls == 3
     assert seen == [1, 2]
-    assert 0 <= waits[0] <= 1 and 0 <= waits[1] <= 2
+    assert 0 <= waits[0] <= 1
+    assert 0 <= waits[1] <= 2
 
 
 def test_non_recoverable_error_is_raised_at_once() -> None:
