@@ -59,7 +59,8 @@ def make_app(worker: WorkerSettings) -> Celery:
             "boinc-pipeline-tick": {
                 "task": "boinc_pipeline.tick",
                 "schedule": worker.tick_interval,
-                "options": {"expires": worker.tick_interval},
+                # No result: the beat must not subscribe to the result backend.
+                "options": {"expires": worker.tick_interval, "ignore_result": True},
             }
         },
     )

@@ -13,6 +13,11 @@ task name                       what it does
 ``boinc_pipeline.submit``       (spec or name, server): records a sweep and tops up its app
 ==============================  ==============================================================
 
+Tasks queued by the tick and by the harvest fan-out keep no result (their
+outcome is in the state database): a process that queues a task with a result
+subscribes to the Redis result backend, and that subscription does not survive
+a Redis restart. Tasks queued by :mod:`workers.enqueue` keep theirs.
+
 Delivery is at-least-once and every task is idempotent. A task whose error is
 recoverable (:func:`~workers.resources.is_recoverable`) is retried with
 exponential backoff and jitter, at most ``max_retries`` times; a task that
@@ -169,7 +174,10 @@ def harvest(res: Resources, name: str, version: int | None = None) -> dict[str, 
     plan = jobs.harvest_plan(res, name, version)
     chunks = plan.pop("chunks")
     if chunks:
-        group(harvest_chunk.s(name, plan["version"], chunk) for chunk in chunks).apply_async()
+        group(
+            harvest_chunk.s(name, plan["version"], chunk).set(ignore_result=True)
+            for chunk in chunks
+        ).apply_async()
     return {**plan, "chunks": len(chunks)}
 
 
@@ -214,7 +222,7 @@ def enqueue_once(kind: str, key: str, args: tuple[Any, ...]) -> bool:
     if not res.redis.set(marker, "1", nx=True, ex=max(1, int(worker_settings.pending_ttl))):
         return False
     try:
-        TASKS[kind].apply_async(args=args)
+        TASKS[kind].apply_async(args=args, ignore_result=True)
     except BaseException:
         res.redis.delete(marker)
         raise
@@ -224,7 +232,9 @@ def enqueue_once(kind: str, key: str, args: tuple[Any, ...]) -> bool:
 _TICK_LIMIT = max(60, int(worker_settings.tick_interval * 4))
 
 
-@pipeline_task("tick", time_limit=_TICK_LIMIT, soft_time_limit=int(_TICK_LIMIT * 0.9))
+@pipeline_task(
+    "tick", time_limit=_TICK_LIMIT, soft_time_limit=int(_TICK_LIMIT * 0.9), ignore_result=True
+)
 def tick(res: Resources) -> dict[str, Any]:
     """Queue the top-ups, polls and harvests due now (run by the one beat)."""
     return jobs.tick(res, enqueue_once)

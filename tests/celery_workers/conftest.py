@@ -9,10 +9,13 @@ short lock and lease expiries) so a run takes seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
+from conftest import free_port, port_open, service_missing
 
 from pipeline import boinc
 from pipeline.emulator import Project
@@ -126,6 +130,8 @@ class Cluster:
         return env
 
     def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        if name in self.procs and self.procs[name].poll() is None:
+            raise RuntimeError(f"{name} is already running")
         with (self.tmp / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
                 argv,
@@ -136,28 +142,39 @@ class Cluster:
                 start_new_session=True,
             )
 
-    def start_worker(self, name: str, concurrency: int = 1) -> None:
-        """Start ``celery worker`` (prefork pool) as its own process group."""
-        self._start(
-            name,
-            [
-                str(VENV_BIN / "celery"),
-                "-A",
-                "workers.app",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                str(concurrency),
-                "--hostname",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-        )
+    def start_worker(
+        self, name: str, concurrency: int = 1, path: Path | None = None, restart: bool = False
+    ) -> None:
+        """Start ``celery worker`` (prefork pool) as its own process group.
+
+        ``path``: a folder put first on the worker's PATH (for slowed-down tools).
+        ``restart``: start it again whenever it exits, as Compose's
+        ``restart: unless-stopped`` does in the deployment.
+        """
+        env = self.env
+        if path is not None:
+            env["PATH"] = f"{path}:{env['PATH']}"
+        argv = [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "workers.app",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        if restart:
+            loop = 'while true; do "$@"; echo "worker exited with $?; restarting"; sleep 1; done'
+            argv = ["sh", "-c", loop, "sh", *argv]
+        self._start(name, argv, env)
 
     def start_beat(self, name: str = "beat") -> None:
         """Start ``celery beat`` with its schedule file in the test folder."""
@@ -197,10 +214,8 @@ class Cluster:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to a process's whole group (the worker and its pool children)."""
         proc = self.procs[name]
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
 
     def stop(self, name: str) -> None:
@@ -280,8 +295,10 @@ class Cluster:
                     .group_by(ledger.c.point_id)
                 ).all()
             df = ResultStore(state, str(self.tmp / "store")).read(name)
-        assert len(committed) == points and all(n == 1 for _p, n in committed)
-        assert len(df) == points and df["point_id"].is_unique
+        assert len(committed) == points
+        assert all(n == 1 for _p, n in committed)
+        assert len(df) == points
+        assert df["point_id"].is_unique
         assert all(z == x * y for x, y, z in zip(df["p.x"], df["p.y"], df["z"], strict=True))
         names = self.workunit_names(name)
         assert len(names) == len(set(names)), "a workunit name was created twice"
@@ -299,16 +316,16 @@ class _quiet:
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Callable[..., Cluster]]:
+def make_cluster(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> Iterator[Callable[..., Cluster]]:
     """Build clusters on an emulated project (SQLite BOINC DB), PostgreSQL state and Redis."""
     if os.geteuid() != 0:
         pytest.skip("the emulator's hosts need root for mount namespaces")
     made: list[Cluster] = []
 
     def make(**kwargs: Any) -> Cluster:
-        project = Project.init(
-            tmp_path / "project", None, tmp_path / "results", image_mode="host"
-        )
+        project = Project.init(tmp_path / "project", None, tmp_path / "results", image_mode="host")
         kwargs.setdefault("state_url", postgres_url)
         kwargs.setdefault("broker", redis_url)
         kwargs.setdefault("redis", redis_url)
@@ -320,6 +337,20 @@ def make_cluster(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[
     for cluster in made:
         cluster.stop_all()
         cluster.project.close()
+
+
+def slow_tool(folder: Path, name: str, real: str, delay: float) -> Path:
+    """Write ``folder/name``: a script that sleeps ``delay`` seconds, then runs ``real``.
+
+    A stand-in for a slow server (a big chunk, a slow disk): the tests need a
+    top-up or a harvest that lasts long enough to kill a worker inside it, which
+    the emulator, fast on purpose, cannot give on demand.
+    """
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(f'#!/bin/sh\nsleep {delay}\nexec {real} "$@"\n')
+    path.chmod(0o755)
+    return path
 
 
 def spec_file(tmp: Path, spec: dict[str, Any]) -> Path:
@@ -346,3 +377,94 @@ def submit_async(cluster: Cluster, spec: dict[str, Any]) -> str:
         timeout=60,
     )
     return out.stdout.strip()
+
+
+class PrivateRedis:
+    """A Redis server of the test's own (no persistence), which the test may kill and restart."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it empty and wait until it answers."""
+        exe = shutil.which("redis-server")
+        if exe is None:
+            service_missing("redis", "redis-server is not installed")
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            cwd=self.tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_open("127.0.0.1", self.port), 20, "the private Redis")
+
+    def kill(self) -> None:
+        """Kill -9 it: everything it held is gone."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own, run as user postgres, which the test may stop."""
+
+    def __init__(self, tmp: Path) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not bins:
+            service_missing("postgresql", "no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.bin = bins[-1].parent
+        self.port = free_port()
+        # Outside pytest's folder, which user postgres cannot enter (mode 0700).
+        self.base = Path(tempfile.mkdtemp(prefix="bp-pg-"))
+        shutil.chown(self.base, "postgres", "postgres")
+        self.dir = self.base / "data"
+        self.sock = self.base / "sock"
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *argv: str) -> None:
+        cmd = [str(self.bin / argv[0]), *argv[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
+
+    def init(self) -> None:
+        """Create the cluster (trust authentication on 127.0.0.1)."""
+        for d in (self.dir, self.sock):
+            d.mkdir()
+            shutil.chown(d, "postgres", "postgres")
+        self._as_postgres(
+            "initdb", "-D", str(self.dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(
+            "pg_ctl", "-D", str(self.dir), "-o", opts, "-w", "-l", str(self.dir / "log"), "start"
+        )
+
+    def stop(self) -> None:
+        """Stop it at once (connections drop, as in a crash)."""
+        with contextlib.suppress(RuntimeError):
+            self._as_postgres("pg_ctl", "-D", str(self.dir), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop it and delete its files."""
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
