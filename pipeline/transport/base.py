@@ -119,7 +119,7 @@ fi
 """
 
 #: Creates folders ``$@`` then extracts the tar on stdin into / without owners.
-TAR_EXTRACT_SCRIPT = r"""for _bp_d; do mkdir -p -- "$_bp_d" || exit 3; done
+TAR_EXTRACT_SCRIPT = r"""[ $# -eq 0 ] || mkdir -p -- "$@" || exit 3
 umask 0
 exec tar -C / -x -o -f -
 """
