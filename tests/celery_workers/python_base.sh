@@ -12,4 +12,8 @@ root=$(mktemp -d /tmp/bp-python-base.XXXXXX)
 trap 'rm -rf "$root"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
   bookworm "$root" http://deb.debian.org/debian
-tar -C "$root" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' - "$tag"
+# This machine's CA bundle, so pip trusts a TLS-inspecting proxy in front of PyPI.
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+tar -C "$root" -c . | docker import \
+  -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+  -c 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' - "$tag"

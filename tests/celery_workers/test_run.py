@@ -47,9 +47,9 @@ def test_two_prefork_workers_and_beat_run_a_sweep_to_the_store(
     cluster.start_worker("w1", concurrency=2)
     cluster.start_worker("w2", concurrency=2)
     cluster.start_beat()
-    assert len(submit_async(cluster, grid("beatrun", 10, submit={"chunk_size": 3}))) == 36
-    _run_to_the_end(cluster, "beatrun", 20)
-    cluster.assert_exactly_once("beatrun", 20)
+    assert len(submit_async(cluster, grid("beatrun", 8, submit={"chunk_size": 3}))) == 36
+    _run_to_the_end(cluster, "beatrun", 16)
+    cluster.assert_exactly_once("beatrun", 16)
     wait_for(lambda: _status(cluster, "beatrun") == "complete", 20, "the sweep marked complete")
     assert _events(cluster, "task_failed") == []
     # Both workers took part, so the run was really concurrent.
@@ -74,27 +74,26 @@ def test_a_task_that_cannot_succeed_is_recorded_in_the_state_database(
     assert failed[0]["data"]["recoverable"] is False  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_kill_9_in_a_top_up_and_in_a_harvest_loses_and_duplicates_nothing(
     make_cluster: Callable[..., Cluster],
 ) -> None:
-    slow = slow_tool
-    cluster_tmp_python = None
     cluster = make_cluster(cushion=40)
     tools = cluster.tmp / "slow-tools"
-    cluster_tmp_python = slow(tools, "slow-python3", shutil.which("python3") or "python3", 1.0)
-    cluster.python = str(cluster_tmp_python)
+    python = slow_tool(tools, "slow-python3", shutil.which("python3") or "python3", 1.0)
+    cluster.python = str(python)
     cluster.write_server()
-    slow(tools, "tar", shutil.which("tar") or "/bin/tar", 0.4)
+    slow_tool(tools, "tar", shutil.which("tar") or "/bin/tar", 0.4)
     cluster.start_daemons(hosts=4)
     cluster.start_worker("w1")
     cluster.start_beat()
-    submit_async(cluster, grid("killed", 10, submit={"chunk_size": 4}))
+    submit_async(cluster, grid("killed", 8, submit={"chunk_size": 4}))
 
     def mid_top_up() -> bool:
         with cluster.state() as state, state.engine.connect() as conn:
             rows = conn.execute(sa.select(attempts.c.submitted_at)).all()
         confirmed = sum(r.submitted_at is not None for r in rows)
-        return 0 < confirmed < 20 and any(r.submitted_at is None for r in rows)
+        return 0 < confirmed < 16 and any(r.submitted_at is None for r in rows)
 
     wait_for(mid_top_up, 60, "a top-up with created and reserved workunits", every=0.05)
     cluster.kill("w1")
@@ -107,10 +106,10 @@ def test_kill_9_in_a_top_up_and_in_a_harvest_loses_and_duplicates_nothing(
             claimed = conn.execute(
                 sa.select(sa.func.count()).where(ledger.c.state == "claimed")
             ).scalar_one()
-        return claimed > 0 and 0 < cluster.counts("killed").get("harvested", 0) < 20
+        return claimed > 0 and 0 < cluster.counts("killed").get("harvested", 0) < 16
 
     wait_for(mid_harvest, 90, "a harvest chunk holding claims", every=0.05)
     cluster.kill("w2")
     cluster.start_worker("w3")
-    _run_to_the_end(cluster, "killed", 20)
-    cluster.assert_exactly_once("killed", 20)
+    _run_to_the_end(cluster, "killed", 16)
+    cluster.assert_exactly_once("killed", 16)
