@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import socket
 import subprocess
@@ -102,8 +103,24 @@ def create(project: Project, n: int, prefix: str) -> float:
     return time.perf_counter() - t0
 
 
-def cycle(project: Project, n: int, hosts: int) -> float:
-    """Run the daemons until every workunit is assimilated; return seconds taken."""
+def _cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its waited-for children, so far."""
+    out = []
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        out.append(usage.ru_utime + usage.ru_stime)
+    return out[0], out[1]
+
+
+def _load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
+def cycle(project: Project, n: int, hosts: int) -> tuple[float, float, float]:
+    """Run the daemons until every workunit is assimilated.
+
+    Returns wall seconds, CPU seconds of the daemon process, CPU seconds of the jobs.
+    """
     daemons = Daemons(project, hosts=hosts)
     daemons.clock.advance(1)
     engine = project.engine()
@@ -118,6 +135,7 @@ def cycle(project: Project, n: int, hosts: int) -> float:
         return int(done) >= n
 
     t0 = time.perf_counter()
+    c0 = _cpu()
     checks = [0.0]
 
     def until() -> bool:
@@ -128,7 +146,23 @@ def cycle(project: Project, n: int, hosts: int) -> float:
         return finished()
 
     daemons.run(until=until, timeout=1800, idle_sleep=0.05)
-    return time.perf_counter() - t0
+    c1 = _cpu()
+    return time.perf_counter() - t0, c1[0] - c0[0], c1[1] - c0[1]
+
+
+def _report_cycle(label: str, n: int, wall: float, own: float, jobs: float, cores: int) -> None:
+    """Print the cycle's rate and CPU per workunit, and the idle-machine estimate.
+
+    On an idle machine the run takes at least the total CPU time spread over every
+    core, and at least the daemon process's own CPU time (it is one thread).
+    """
+    idle = max((own + jobs) / cores, own)
+    print(
+        f"full host-mode cycle, {label}: {n / wall:,.0f} workunits/s ({wall:.1f} s, {_load()}); "
+        f"CPU per workunit {(own + jobs) / n * 1000:.2f} ms "
+        f"(daemon {own / n * 1000:.2f} + jobs {jobs / n * 1000:.2f}); "
+        f"idle {cores}-core estimate {n / idle:,.0f} workunits/s ({idle:.1f} s)"
+    )
 
 
 def main() -> int:
@@ -137,7 +171,8 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=8)
     parser.add_argument("--containers", type=int, default=5)
     args = parser.parse_args()
-    print(f"emulator bench: {args.n} workunits, {os.cpu_count()} CPUs")
+    cores = os.cpu_count() or 1
+    print(f"emulator bench: {args.n} workunits, {cores} CPUs, {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         maria = _mariadb()
         try:
@@ -147,17 +182,14 @@ def main() -> int:
                 print(
                     f"create_work --stdin, MariaDB: {args.n / secs:,.0f} workunits/s ({secs:.2f} s)"
                 )
-                secs = cycle(p, args.n, args.hosts)
-                rate = args.n / secs
-                print(f"full host-mode cycle, MariaDB: {rate:,.0f} workunits/s ({secs:.1f} s)")
+                _report_cycle("MariaDB", args.n, *cycle(p, args.n, args.hosts), cores)
                 p.close()
             else:
                 print("MariaDB not reachable: skipped")
             p = _setup(Path(tmp) / "lite", None)
             secs = create(p, args.n, "s")
             print(f"create_work --stdin, SQLite: {args.n / secs:,.0f} workunits/s ({secs:.2f} s)")
-            secs = cycle(p, args.n, args.hosts)
-            print(f"full host-mode cycle, SQLite: {args.n / secs:,.0f} workunits/s ({secs:.1f} s)")
+            _report_cycle("SQLite", args.n, *cycle(p, args.n, args.hosts), cores)
             p.close()
         finally:
             if maria:
@@ -183,7 +215,7 @@ def _containers(root: Path, n: int) -> None:
             check=True, capture_output=True, cwd=project.root,
         )  # fmt: skip
     made = time.perf_counter() - t0
-    secs = cycle(project, n, hosts=2)
+    secs = cycle(project, n, hosts=2)[0]
     print(
         f"container mode: boinc2docker_create_work.py {n / made:.1f} workunits/s; "
         f"cycle {n / secs:.2f} workunits/s ({secs:.1f} s for {n})"

@@ -240,6 +240,8 @@ class Daemons:
         self._reports: list[_Report] = []
         self._templates: dict[str, str] = {}
         self._checked_namespaces = False
+        self._launcher = runner.Launcher()
+        weakref.finalize(self, self._launcher.close)
         # Job slots live in memory when /dev/shm exists (creating and removing
         # thousands of small folders on disk costs more than the jobs themselves).
         shm = Path("/dev/shm")  # noqa: S108 (private folder per run, created below)
@@ -327,6 +329,7 @@ class Daemons:
                 runner.finish(a.job)
                 shutil.rmtree(a.job.slot, ignore_errors=True)
         self._running.clear()
+        self._launcher.close()
         shutil.rmtree(self.slots, ignore_errors=True)
         self.clock.save()
 
@@ -740,7 +743,8 @@ class Daemons:
         if not self._checked_namespaces:
             runner.check_namespaces()
             self._checked_namespaces = True
-        a.job = runner.start(
+        (shared / "results").mkdir(exist_ok=True)
+        a.job = self._launcher.start(
             slot, container=container, no_output=f.hits("no_output", a.result_name)
         )
         self._busy[a.host_id] = a

@@ -1,20 +1,24 @@
 """Run one job the way a boinc2docker VM does, each in a private ``/root/shared``.
 
 A job's input files are copied into a slot folder (``<slot>/shared`` becomes
-``/root/shared``); then ``/bin/sh /root/shared/boinc_app`` runs, and when it
-exits 0 the VM's archive step runs: ``cd /root/shared/results && tar czf
-/root/shared/results.tgz *`` (members relative, no ``results/`` prefix, dotfiles
-left out; an empty folder gives an empty archive and tar's error).
+``/root/shared``, with an empty ``results/``); then ``/bin/sh /root/shared/boinc_app``
+runs, and when it exits 0 the VM's archive step runs: ``cd /root/shared/results &&
+tar czf /root/shared/results.tgz *`` (members relative, no ``results/`` prefix,
+dotfiles left out; an empty folder gives an empty archive and tar's error).
 
-Host mode: the child process enters a mount namespace of its own
-(``unshare(CLONE_NEWNS)``, ``/`` made private) and bind-mounts its slot onto
-``/root/shared``, so parallel jobs never see each other's folder and no path in
-the command is rewritten. Container mode (the workunit's ``boinc_app`` loads an
-image and calls ``docker run -v /root/shared:/root/shared``): the Docker engine
-resolves that path in its own namespace, so the slot is bind-mounted onto the
-host's ``/root/shared`` and container jobs take turns, one at a time across
-every emulator process (an ``flock`` on ``/run/lock/boinc-emulator-shared.lock``).
-Both need root (``CAP_SYS_ADMIN``).
+Jobs are started by :mod:`pipeline.emulator.launcher`, a small standard-library
+process forked per job (one :class:`Launcher` per set of daemons), so starting a
+job does not copy the emulator's large process.
+
+Host mode: the job enters a mount namespace of its own (``unshare(CLONE_NEWNS)``,
+``/`` made private) and bind-mounts its slot onto ``/root/shared``, so parallel
+jobs never see each other's folder and no path in the command is rewritten.
+Container mode (the workunit's ``boinc_app`` loads an image and calls ``docker run
+-v /root/shared:/root/shared``): the Docker engine resolves that path in its own
+namespace, so the slot is bind-mounted onto the host's ``/root/shared`` and
+container jobs take turns, one at a time across every emulator process (an
+``flock`` on ``/run/lock/boinc-emulator-shared.lock``). Both need root
+(``CAP_SYS_ADMIN``).
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ import contextlib
 import ctypes
 import fcntl
 import os
-import resource
+import select
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from pipeline.emulator import launcher as _launcher
 from pipeline.errors import ConfigError
 
-__all__ = ["SHARED", "RunningJob", "check_namespaces", "finish", "start"]
+__all__ = ["SHARED", "Launcher", "RunningJob", "check_namespaces", "finish"]
 
 SHARED = Path("/root/shared")
 LOCK_PATH = Path("/run/lock/boinc-emulator-shared.lock")
@@ -51,24 +58,9 @@ _libc.mount.argtypes = [
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
-#: What the VM runs: the workunit's boinc_app, then the archive step when it exits 0.
-JOB_SCRIPT = """mkdir -p /root/shared/results
-/bin/sh /root/shared/boinc_app
-rc=$?
-if [ "$rc" -eq 0 ]; then
-  if [ -n "$EMULATOR_NO_OUTPUT" ]; then
-    rm -rf /root/shared/results && mkdir /root/shared/results
-  fi
-  cd /root/shared/results && tar czf /root/shared/results.tgz *
-fi
-exit $rc
-"""
-
-JOB_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": "/root",
-    "LANG": "C.UTF-8",
-}
+#: What the VM runs (see :mod:`pipeline.emulator.launcher`).
+JOB_SCRIPT = _launcher.JOB_SCRIPT
+JOB_ENV = _launcher.JOB_ENV
 
 
 def _check(ret: int, what: str) -> None:
@@ -100,14 +92,15 @@ def check_namespaces() -> None:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class RunningJob:
-    """A job process started by :func:`start`."""
+    """A job started by :meth:`Launcher.start`."""
 
-    pid: int
+    token: str
     slot: Path
     started: float
     container: bool
+    launcher: Launcher
     lock: IO[bytes] | None = None
     status: int | None = None
     cpu_time: float = 0.0
@@ -117,31 +110,25 @@ class RunningJob:
 
     def poll(self) -> bool:
         """Return whether the job has exited (collecting its status and CPU time)."""
-        if self.status is not None:
-            return True
-        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
-        if pid == 0:
-            return False
-        self._done(status, usage)
-        return True
+        if self.status is None:
+            self.launcher.collect(block=False)
+        return self.status is not None
 
     def wait(self) -> None:
         """Block until the job exits."""
-        if self.status is None:
-            _, status, usage = os.wait4(self.pid, 0)
-            self._done(status, usage)
+        while self.status is None:
+            self.launcher.collect(block=True)
 
     def kill(self) -> None:
         """Stop the job's whole process group."""
         if self.status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, 9)
+            self.launcher.kill(self)
 
-    def _done(self, status: int, usage: resource.struct_rusage) -> None:
-        self.status = os.waitstatus_to_exitcode(status)
-        self.cpu_time = usage.ru_utime + usage.ru_stime
+    def _done(self, status: int, cpu_time: float, peak_rss: float) -> None:
+        self.status = status
+        self.cpu_time = cpu_time
         self.elapsed = time.monotonic() - self.started
-        self.peak_rss = float(usage.ru_maxrss) * 1024.0
+        self.peak_rss = peak_rss
         if self.container:
             try:
                 _check(_libc.umount2(str(SHARED).encode(), _MNT_DETACH), "umount")
@@ -151,42 +138,110 @@ class RunningJob:
                     self.lock = None
 
 
-def start(slot: Path, *, container: bool, no_output: bool = False) -> RunningJob:
-    """Start the job whose files are in ``slot/shared``; its output goes to ``slot/stderr.txt``."""
-    env = dict(JOB_ENV)
-    if no_output:
-        env["EMULATOR_NO_OUTPUT"] = "1"
-    shared = slot / "shared"
-    log = slot / "stderr.txt"
-    lock = None
-    if container:
-        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-        lock = LOCK_PATH.open("wb")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        SHARED.mkdir(parents=True, exist_ok=True)
-        _bind(shared, SHARED)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child: only async-signal-safe work, then exec
+class Launcher:
+    """Starts jobs through one :mod:`pipeline.emulator.launcher` process, started on first use."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._jobs: dict[str, RunningJob] = {}
+        self._count = 0
+        self._buf = b""
+
+    def _helper(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _launcher.__file__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,
+            )
+            assert self._proc.stdout is not None
+            os.set_blocking(self._proc.stdout.fileno(), False)
+        return self._proc
+
+    def _send(self, line: str) -> None:
+        proc = self._helper()
+        assert proc.stdin is not None
+        proc.stdin.write(line.encode())
+
+    def start(self, slot: Path, *, container: bool, no_output: bool = False) -> RunningJob:
+        """Start the job in ``slot/shared``; its output goes to ``slot/stderr.txt``."""
+        lock = None
+        if container:
+            LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+            lock = LOCK_PATH.open("wb")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            SHARED.mkdir(parents=True, exist_ok=True)
+            _bind(slot / "shared", SHARED)
+        self._count += 1
+        token = str(self._count)
+        flags = ("c" if container else "") + ("n" if no_output else "") or "-"
+        job = RunningJob(token, slot, time.monotonic(), container, self, lock)
+        self._jobs[token] = job
         try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.setsid()
-            if not container:
-                _check(_libc.unshare(_CLONE_NEWNS), "unshare")
-                _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount /")
-                _bind(shared, SHARED)
-            os.chdir(str(SHARED))
-            os.execve("/bin/sh", ["/bin/sh", "-c", JOB_SCRIPT], env)  # noqa: S606
-        except BaseException as exc:
-            os.write(2, f"emulator: cannot start the job: {exc}\n".encode())
-        os._exit(127)
-    return RunningJob(pid=pid, slot=slot, started=time.monotonic(), container=container, lock=lock)
+            self._send(f"S\t{token}\t{flags}\t{os.fsencode(slot).hex()}\n")
+        except OSError:
+            self._lost()
+        return job
+
+    def kill(self, job: RunningJob) -> None:
+        """Ask the launcher to kill ``job``'s process group."""
+        try:
+            self._send(f"K\t{job.token}\n")
+        except OSError:
+            self._lost()
+
+    def collect(self, block: bool) -> None:
+        """Record the jobs that have exited; with ``block``, wait until one has."""
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            self._lost()
+            return
+        fd = proc.stdout.fileno()
+        while True:
+            if block:
+                select.select([fd], [], [])
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                if block:
+                    continue
+                return
+            if not data:
+                self._lost()
+                return
+            self._buf += data
+            *lines, self._buf = self._buf.split(b"\n")
+            for line in lines:
+                _e, token, status, cpu, rss = line.decode().split("\t")
+                job = self._jobs.pop(token, None)
+                if job is not None:
+                    job._done(os.waitstatus_to_exitcode(int(status)), float(cpu), float(rss))
+            if lines or not block:
+                return
+
+    def _lost(self) -> None:
+        """The launcher is gone: its jobs count as failed to start; the next start restarts it."""
+        for job in list(self._jobs.values()):
+            job._done(127, 0.0, 0.0)
+        self._jobs.clear()
+        self.close()
+
+    def close(self) -> None:
+        """Stop the launcher (it kills jobs still running) and wait for it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        proc.wait()
+        self._buf = b""
 
 
 def finish(job: RunningJob) -> None:
-    """Wait for a job (used when a run stops with jobs still going)."""
+    """Kill a job and wait for it (used when a run stops with jobs still going)."""
     job.kill()
     job.wait()

@@ -1,0 +1,174 @@
+"""A small long-lived process that starts the emulator's jobs, each as the VM runs it.
+
+Forking the emulator's own process (SQLAlchemy, a database driver, thousands of
+objects) costs milliseconds per job; this process imports only the standard
+library, so forking it is cheap. :mod:`pipeline.emulator.runner` starts it once
+(``python -I -S launcher.py``) and talks to it over its stdin and stdout, one
+tab-separated line per message:
+
+- ``S <token> <flags> <slot as hex bytes>``: start a job in ``<slot>/shared``;
+  flags ``c`` (container mode: the caller has already bound the slot onto
+  ``/root/shared``, so no namespace of its own) and ``n`` (the ``no_output``
+  fault: the results folder is emptied before the archive step);
+- ``K <token>``: kill the job's process group (ignored once it has exited);
+- reply ``E <token> <wait status> <user+system CPU seconds> <peak RSS bytes>``
+  when a job exits.
+
+Each job: a new session, stdout and stderr to ``<slot>/stderr.txt``, stdin from
+``/dev/null``; in host mode a mount namespace of its own (``unshare(CLONE_NEWNS)``,
+``/`` made private) with the slot bind-mounted onto ``/root/shared``; then
+``/bin/sh -c JOB_SCRIPT`` in ``/root/shared``. When stdin closes, remaining jobs
+are killed and the process exits. Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import sys
+
+SHARED = b"/root/shared"
+
+#: What the VM runs: the workunit's boinc_app, then the archive step when it exits 0.
+#: ``/root/shared/results`` exists before the job starts (the emulator creates it).
+JOB_SCRIPT = """/bin/sh /root/shared/boinc_app
+rc=$?
+if [ "$rc" -eq 0 ]; then
+  if [ -n "$EMULATOR_NO_OUTPUT" ]; then
+    rm -rf /root/shared/results && mkdir /root/shared/results
+  fi
+  cd /root/shared/results && tar czf /root/shared/results.tgz *
+fi
+exit $rc
+"""
+
+JOB_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+
+_CLONE_NEWNS = 0x00020000
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+
+
+def _child(libc: ctypes.CDLL, slot: bytes, flags: str) -> None:
+    """Turn this forked process into the job (never returns)."""
+    try:
+        os.setsid()
+        fd = os.open(slot + b"/stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        env = dict(JOB_ENV)
+        if "n" in flags:
+            env["EMULATOR_NO_OUTPUT"] = "1"
+        if "c" not in flags:
+            for ret, what in (
+                (lambda: libc.unshare(_CLONE_NEWNS), "unshare"),
+                (lambda: libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount /"),
+                (lambda: libc.mount(slot + b"/shared", SHARED, None, _MS_BIND, None), "mount"),
+            ):
+                if ret() != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"{what}: {os.strerror(err)}")
+        os.chdir(SHARED)
+        os.execve("/bin/sh", ["/bin/sh", "-c", JOB_SCRIPT], env)  # noqa: S606
+    except BaseException as exc:
+        os.write(2, f"emulator: cannot start the job: {exc}\n".encode())
+    os._exit(127)
+
+
+def main() -> int:
+    """Serve start and kill requests on stdin until it closes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+    ]
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    jobs: dict[int, str] = {}  # pid -> token
+    pids: dict[str, int] = {}  # token -> pid
+    out = sys.stdout.buffer
+    buf = b""
+    eof = False
+    while True:
+        replies = []
+        while jobs:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            token = jobs.pop(pid, None)
+            if token is None:
+                continue
+            del pids[token]
+            cpu = usage.ru_utime + usage.ru_stime
+            replies.append(f"E\t{token}\t{status}\t{cpu!r}\t{usage.ru_maxrss * 1024}\n")
+        if replies and not eof:
+            try:
+                out.write("".join(replies).encode())
+                out.flush()
+            except BrokenPipeError:  # the emulator went away: stop its jobs
+                eof = True
+                for pid in jobs:
+                    _killpg(pid)
+        if eof and not jobs:
+            return 0
+        ready, _, _ = select.select([wake_r] if eof else [0, wake_r], [], [])
+        if wake_r in ready:
+            while True:
+                try:
+                    if not os.read(wake_r, 4096):
+                        break
+                except BlockingIOError:
+                    break
+        if 0 not in ready:
+            continue
+        data = os.read(0, 65536)
+        if not data:
+            eof = True
+            for pid in jobs:
+                _killpg(pid)
+            continue
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            parts = line.decode().split("\t")
+            if parts[0] == "S":
+                token, flags, slot = parts[1], parts[2], bytes.fromhex(parts[3])
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - child
+                    _child(libc, slot, flags)
+                jobs[pid] = token
+                pids[token] = pid
+            elif parts[0] == "K" and parts[1] in pids:
+                _killpg(pids[parts[1]])
+
+
+def _killpg(pid: int) -> None:
+    """Kill a job's process group, and the job itself in case it has not called setsid yet."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError):
+            kill(pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
