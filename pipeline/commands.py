@@ -121,17 +121,8 @@ def plan_command(spec_path: str, fmt: str, limit: int | None, attempt: int) -> N
     modes = ", ".join(sorted(supported_modes(spec)))
     if fmt == "jsonl":
         out = sys.stdout
-        for wu in itertools.islice(stream, limit):
-            record = {
-                "wu_name": wu.wu_name,
-                "point_id": wu.point_id,
-                "attempt": wu.attempt,
-                "params": wu.params,
-                "command": wu.command,
-                "argv": wu.argv,
-                "input_files": {name: data.decode("utf-8") for name, data in wu.input_files},
-            }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for lines in stream.jsonl_chunks(limit):  # many lines per write
+            out.write(lines)
         click.echo(
             f"sweep {spec.name} v{spec.version}: {stream.points} points planned, "
             f"{stream.duplicates} duplicates skipped, modes that fit: {modes}, "

@@ -37,10 +37,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import compress, islice, repeat
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -49,6 +52,7 @@ import numpy as np
 from pipeline.errors import PlanError
 
 if TYPE_CHECKING:
+    from pipeline.space import Columns
     from pipeline.spec import SweepSpec
 
 __all__ = [
@@ -375,15 +379,22 @@ class PlannedWorkunit:
 class IdTracker:
     """Remembers point ids (16 bytes each) to drop duplicates and refuse hash-prefix collisions.
 
-    Ids live in sorted numpy runs merged like a binary counter, so checking a chunk
+    Ids live in sorted numpy runs, merged ``MERGE_FAN`` at a time, so checking a chunk
     of ``k`` ids against ``n`` seen ones costs O(k log n) and memory is 16 bytes per
     distinct point. ``key`` is the 64-bit point id; ``check`` the next 64 bits of the
     digest: same key and same check is the same point, same key and a different
-    check are two distinct points whose ids collide.
+    check are two distinct points whose ids collide. A fixed bitmap of the keys' top
+    ``FILTER_BITS`` bits (2 MiB) lets most new keys skip the search in the runs.
     """
+
+    FILTER_BITS = 24
+    MERGE_FAN = 8
 
     def __init__(self) -> None:
         self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._levels: list[int] = []
+        self._filter = np.zeros(1 << (self.FILTER_BITS - 3), dtype=np.uint8)
+        self._shift = np.uint64(64 - self.FILTER_BITS)
 
     def __len__(self) -> int:
         return sum(len(k) for k, _ in self._runs)
@@ -399,31 +410,56 @@ class IdTracker:
             return fresh
         order = np.argsort(keys, kind="stable")
         skeys, schecks = keys[order], checks[order]
-        repeat = np.zeros(n, dtype=bool)
-        repeat[1:] = skeys[1:] == skeys[:-1]
-        if np.any(repeat & (np.concatenate(([False], schecks[1:] != schecks[:-1])))):
-            bad = int(order[np.flatnonzero(repeat & np.r_[False, schecks[1:] != schecks[:-1]])[0]])
-            raise _collision(bad, int(keys[bad]))
-        fresh[order[repeat]] = False
-        for rkeys, rchecks in self._runs:
-            pos = np.searchsorted(rkeys, keys)
-            inside = pos < len(rkeys)
-            pos_c = np.where(inside, pos, 0)
-            hit = inside & (rkeys[pos_c] == keys)
-            if np.any(hit & (rchecks[pos_c] != checks)):
-                bad = int(np.flatnonzero(hit & (rchecks[pos_c] != checks))[0])
+        keep = np.ones(n, dtype=bool)  # in sorted order: first occurrence, not seen before
+        repeat = skeys[1:] == skeys[:-1]
+        if repeat.any():
+            differ = repeat & (schecks[1:] != schecks[:-1])
+            if differ.any():
+                bad = int(order[np.flatnonzero(differ)[0] + 1])
                 raise _collision(bad, int(keys[bad]))
-            fresh &= ~hit
-        sel = order[~repeat]
-        sel = sel[fresh[sel]]
-        if len(sel):
-            self._runs.append((keys[sel], checks[sel]))
-            while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
-                (k2, c2), (k1, c1) = self._runs.pop(), self._runs.pop()
-                k, c = np.concatenate((k1, k2)), np.concatenate((c1, c2))
-                o = np.argsort(k, kind="stable")
-                self._runs.append((k[o], c[o]))
+            keep[1:] &= ~repeat
+        top = skeys >> self._shift
+        byte, bit = (top >> np.uint64(3)).astype(np.intp), (top & np.uint64(7)).astype(np.uint8)
+        maybe = np.flatnonzero((self._filter[byte] >> bit) & 1)  # the others were never seen
+        if len(maybe) and self._runs:
+            qkeys, qchecks = skeys[maybe], schecks[maybe]
+            for rkeys, rchecks in self._runs:
+                pos = np.searchsorted(
+                    rkeys, qkeys
+                )  # sorted queries: each search starts near the last
+                np.minimum(pos, len(rkeys) - 1, out=pos)
+                hit = rkeys[pos] == qkeys
+                if hit.any():
+                    differ = hit & (rchecks[pos] != qchecks)
+                    if differ.any():
+                        bad = int(order[maybe[np.flatnonzero(differ)[0]]])
+                        raise _collision(bad, int(keys[bad]))
+                    keep[maybe[hit]] = False
+        fresh[order] = keep
+        if keep.any():
+            kbyte, kbit = byte[keep], np.left_shift(np.uint8(1), bit[keep])
+            starts = np.flatnonzero(np.r_[True, kbyte[1:] != kbyte[:-1]])  # kbyte is sorted
+            self._filter[kbyte[starts]] |= np.bitwise_or.reduceat(kbit, starts)
+            self._runs.append((skeys[keep], schecks[keep]))
+            self._levels.append(0)
+            # Tiered merging: MERGE_FAN runs of one level become one run of the next, so
+            # each id is merged about log_MERGE_FAN(n / chunk) times.
+            fan = self.MERGE_FAN
+            while len(self._levels) >= fan and len(set(self._levels[-fan:])) == 1:
+                parts = self._runs[-fan:]
+                level = self._levels[-1] + 1
+                del self._runs[-fan:], self._levels[-fan:]
+                self._runs.append(_merge(parts))
+                self._levels.append(level)
         return fresh
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Merge sorted runs of keys (with their checks) into one sorted run."""
+    keys = np.concatenate([k for k, _ in parts])
+    checks = np.concatenate([c for _, c in parts])
+    order = np.argsort(keys, kind="stable")  # merges the presorted runs
+    return keys[order], checks[order]
 
 
 def _collision(index: int, key: int) -> PlanError:
@@ -433,13 +469,107 @@ def _collision(index: int, key: int) -> PlanError:
     )
 
 
+_first_hex = operator.itemgetter(slice(0, POINT_ID_HEX))
+_hexdigest = operator.methodcaller("hexdigest")
+
+
+@dataclass
+class _Chunk:
+    """Internal: the fresh points of one chunk, column by column.
+
+    ``args`` holds one entry per command template: a column of rendered arguments,
+    or one text shared by every point. ``params_json`` and ``args_json`` (JSON
+    text of the params and of each argument) are filled for jsonl output only.
+    """
+
+    params: list[dict[str, Any]]
+    pids: list[str]
+    names: list[str]
+    args: list[list[str] | str]
+    files: list[tuple[tuple[str, bytes], ...]] | None
+    params_json: list[str] | None = None
+    args_json: list[Any] | None = None
+
+
+def _positional(tpl: CompiledTemplate) -> tuple[str, tuple[str, ...]]:
+    """Rewrite a template as a ``str.format`` source with positional fields, and their names."""
+    order = tuple(dict.fromkeys(tpl.names))
+    src = "".join(
+        lit.replace("{", "{{").replace("}", "}}") + ("" if n is None else f"{{{order.index(n)}}}")
+        for lit, n in tpl.parts
+    )
+    return src, order
+
+
+def _json_text(value: Any, key: str) -> str:
+    try:
+        return _JSON_FORMAT[type(value)](value)
+    except (ValueError, PlanError):
+        canonical_json({key: value})  # raises a PlanError naming the value
+        raise
+
+
+def _json_texts(values: list[Any], key: str) -> list[str]:
+    """Return the canonical JSON text of each value (PlanError for a value JSON cannot carry)."""
+    kinds = set(map(type, values))
+    if kinds == {float}:
+        out = list(map(float.__repr__, values))
+        joined = "," + ",".join(out) + ","
+        if "n" not in joined and ",-0.0," not in joined:  # nan, inf, -0.0 take the slow path
+            return out
+    elif kinds == {int}:
+        return list(map(int.__repr__, values))
+    elif kinds == {str} and "\x00" not in "".join(values):
+        return list(map(encode_basestring, values))
+    return [_json_text(v, key) for v in values]
+
+
+def _cmd_text(value: Any) -> str | None:
+    try:
+        return _CMD_FORMAT[type(value)](value)
+    except _NotOnCommandLine:
+        return None
+
+
+def _cmd_texts(values: list[Any]) -> list[str | None]:
+    """Return each value's command-line text, or None where a command line cannot carry it."""
+    kinds = set(map(type, values))
+    if kinds == {float}:
+        return list(map(float.__repr__, values))
+    if kinds == {int}:
+        return list(map(int.__repr__, values))
+    if kinds == {str}:
+        joined = "".join(values)
+        if joined.isascii() and joined.isprintable():
+            return list(values)
+    return [_cmd_text(v) for v in values]
+
+
+def _fill(src: str, texts: list[list[str | None]]) -> list[str | None]:
+    """Fill a positional template from text columns; None wherever one of the texts is None."""
+    if src == "{0}":
+        return list(texts[0])
+    if not any(None in t for t in texts):
+        return list(map(src.format, *texts))
+    return [None if None in row else src.format(*row) for row in zip(*texts, strict=True)]
+
+
+def _encoded(texts: list[str | None]) -> list[str | None]:
+    return [None if t is None else encode_basestring(t) for t in texts]
+
+
+def _first_none(col: list[Any]) -> int | None:
+    return col.index(None) if None in col else None
+
+
 @dataclass
 class PlanStream:
     """A lazy stream of PlannedWorkunits; after (partial) iteration it reports duplicates.
 
     ``points`` counts the points the space produced so far, ``duplicates`` how many
     of them repeated an earlier point (skipped), ``duplicate_examples`` up to five
-    of their parameter dicts.
+    of their parameter dicts. ``jsonl_chunks`` streams the same workunits as JSON
+    lines instead (use one or the other on a stream).
     """
 
     spec: SweepSpec
@@ -450,7 +580,9 @@ class PlanStream:
     _iter: Iterator[PlannedWorkunit] | None = None
 
     def __iter__(self) -> Iterator[PlannedWorkunit]:
-        return self
+        if self._iter is None:
+            self._iter = self._generate()
+        return self._iter
 
     def __next__(self) -> PlannedWorkunit:
         if self._iter is None:
@@ -458,7 +590,109 @@ class PlanStream:
         return next(self._iter)
 
     def _generate(self) -> Iterator[PlannedWorkunit]:
-        from pipeline.space import iter_points
+        spec = self.spec
+        head = [*_argv_options(spec), "--wu_name"]
+        image = spec.image
+        sweep, version, attempt = spec.name, spec.version, self.attempt
+        prerun, postrun = tuple(spec.prerun), tuple(spec.postrun)
+        new = object.__new__
+        set_dict = object.__setattr__
+        no_files = repeat(())
+        for ch in self._chunks(text=False):
+            if any(isinstance(a, list) for a in ch.args):
+                cols = [a if isinstance(a, list) else repeat(a) for a in ch.args]
+                commands = list(map(list, zip(*cols, strict=False)))
+            else:
+                commands = [list(ch.args) for _ in ch.names]
+            files = no_files if ch.files is None else ch.files
+            # Workunits are built one at a time (a chunk of them kept alive would be
+            # promoted and rescanned by the garbage collector), by setting the instance
+            # dict: several times faster than the generated __init__, and the
+            # instance stays frozen and compares equal.
+            for name, pid, params, command, input_files in zip(
+                ch.names, ch.pids, ch.params, commands, files, strict=False
+            ):
+                wu = new(PlannedWorkunit)
+                set_dict(
+                    wu,
+                    "__dict__",
+                    {
+                        "wu_name": name,
+                        "sweep": sweep,
+                        "version": version,
+                        "point_id": pid,
+                        "attempt": attempt,
+                        "params": params,
+                        "command": command,
+                        "argv": [*head, name, image, *command],
+                        "input_files": input_files,
+                        "prerun": prerun,
+                        "postrun": postrun,
+                    },
+                )
+                yield wu
+
+    def jsonl_chunks(self, limit: int | None = None) -> Iterator[str]:
+        """Yield the workunits as JSON lines, many lines per string; at most ``limit`` lines.
+
+        Each line is ``json.dumps`` (default separators, ``ensure_ascii=False``) of
+        ``{wu_name, point_id, attempt, params, command, argv, input_files}``, with
+        the input files' contents decoded as UTF-8; it is assembled from the JSON
+        text of each distinct value, which is why it is fast.
+        """
+        if self._iter is not None:
+            raise RuntimeError("this PlanStream is already being iterated")
+        spec = self.spec
+        head = [*_argv_options(spec), "--wu_name"]
+        # A line is constant text around the per-point parts: name, point id,
+        # params, command (twice: alone and at the end of argv), name again, files.
+        argv_head = ", ".join(encode_basestring(a) for a in [*head]) + ', "'
+        image = '", ' + encode_basestring(spec.image) + (", " if spec.command_args else "")
+        pieces = (
+            '{"wu_name": "',
+            '", "point_id": "',
+            f'", "attempt": {self.attempt}, "params": ',
+            ', "command": [',
+            '], "argv": [' + argv_head,
+            image,
+            '], "input_files": ',
+            "}\n",
+        )
+        c0, c1, c2, c3, c4, c5, c6, c7 = map(repeat, pieces)
+        left = limit
+        for ch in self._chunks(text=True):
+            assert ch.args_json is not None
+            assert ch.params_json is not None
+            n = len(ch.names)
+            if any(isinstance(a, list) for a in ch.args_json):
+                cols = [a if isinstance(a, list) else repeat(a) for a in ch.args_json]
+                commands: Iterable[str] = list(map(", ".join, zip(*cols, strict=False)))
+            else:
+                commands = repeat(", ".join(ch.args_json))
+            files: Iterable[str] = (
+                repeat("{}")
+                if ch.files is None
+                else [
+                    json.dumps({k: v.decode("utf-8") for k, v in f}, ensure_ascii=False)
+                    for f in ch.files
+                ]
+            )
+            rows = zip(
+                c0, ch.names, c1, ch.pids, c2, ch.params_json, c3, commands,
+                c4, ch.names, c5, commands, c6, files, c7, strict=False,
+            )  # fmt: skip
+            if left is not None:
+                rows = islice(rows, left)  # type: ignore[assignment]
+            text = "".join(map("".join, rows))
+            if left is not None:
+                left -= min(left, n)
+            if text:
+                yield text
+            if left == 0:
+                return
+
+    def _chunks(self, text: bool) -> Iterator[_Chunk]:
+        from pipeline.space import iter_columns
 
         spec, attempt = self.spec, self.attempt
         if type(attempt) is not int or attempt < 1:
@@ -468,19 +702,10 @@ class PlanStream:
             problem = command_value_problem(tpl.literal)
             if problem:
                 raise PlanError(f"command argument {tpl.source!r} {problem}")
-        # Templates hold bare names and {{ }} only (compile_template checked), so
-        # str.format_map on them cannot reach attributes, indexes or format specs.
-        arg_src = [(t.literal, True) if not t.names else (t.source, False) for t in templates]
-        cmd_names = sorted({n for t in templates for n in t.names})
-        cfmt = _CMD_FORMAT.__getitem__
         inputs = [(f"shared/{f.path}", compile_template(f.template)) for f in spec.inputs]
         prefix = sweep_name_prefix(spec.name, spec.version)
         suffix = f"_a{attempt}"
-        opts = [*_argv_options(spec), "--wu_name"]
-        image = spec.image
-        prerun, postrun = tuple(spec.prerun), tuple(spec.postrun)
         params_file = spec.params_file
-        sweep, version = spec.name, spec.version
         tracker = IdTracker()
         names = sorted(spec.parameter_names)
         needed = {n for t in templates for n in t.names} | {n for _, t in inputs for n in t.names}
@@ -489,67 +714,156 @@ class PlanStream:
             raise PlanError(
                 f"unknown placeholder {{{missing[0]}}}; parameters are: {', '.join(names)}"
             )
-        pairs = [(("," if i else "{") + _dumps(n) + ":", n) for i, n in enumerate(names)]
-        count = len(names)
-        jfmt = _JSON_FORMAT.__getitem__
-        # Workunits are built by filling the instance dict (about three times faster
-        # than the generated __init__; the instance stays frozen and compares equal).
-        new = object.__new__
-        sha = hashlib.sha256
-        chunk: list[tuple[dict[str, Any], str, str]] = []
-        points = iter_points(spec.parameters)
-        while True:
-            chunk.clear()
-            for params in points:
-                try:  # fast path of canonical_json for the sweep's fixed parameter names
-                    if len(params) != count:
-                        raise ValueError
-                    cj = "".join([p + jfmt(type(params[n]))(params[n]) for p, n in pairs]) + "}"
-                except (KeyError, ValueError, PlanError):
-                    cj = canonical_json(params)  # raises a PlanError naming the value, or agrees
-                chunk.append((params, cj, sha(cj.encode("utf-8")).hexdigest()))
-                if len(chunk) >= PLAN_CHUNK:
-                    break
-            if not chunk:
-                return
-            raw = np.frombuffer(bytes.fromhex("".join([d[:32] for _, _, d in chunk])), dtype=">u8")
-            fresh = tracker.add(raw[0::2].astype(np.uint64), raw[1::2].astype(np.uint64))
-            self.points += len(chunk)
-            for (params, cj, digest), is_new in zip(chunk, fresh.tolist(), strict=False):
-                if not is_new:
+        # Canonical JSON is put together from one fragment per parameter (keys sorted):
+        # '{"a":1' + ',"b":2.5}'.
+        frag_pre = {n: ("," if i else "{") + _dumps(n) + ":" for i, n in enumerate(names)}
+        frag_post = {n: "}" if i == len(names) - 1 else "" for i, n in enumerate(names)}
+        shapes = [(tpl.literal, ()) if not tpl.names else _positional(tpl) for tpl in templates]
+        tables = _AxisTables()
+
+        def fragments(name: str) -> Callable[[list[Any]], list[str]]:
+            pre, post = frag_pre[name], frag_post[name]
+            if post:
+                return lambda vs: [pre + t + post for t in _json_texts(vs, name)]
+            return lambda vs: list(map(pre.__add__, _json_texts(vs, name)))
+
+        def rendered(src: str) -> Callable[[list[Any]], list[str | None]]:
+            return lambda vs: _fill(src, [_cmd_texts(vs)])
+
+        def rendered_json(src: str) -> Callable[[list[Any]], list[str | None]]:
+            return lambda vs: _encoded(_fill(src, [_cmd_texts(vs)]))
+
+        for cols in iter_columns(spec.parameters, PLAN_CHUNK):
+            k = len(cols)
+            if k == 0:
+                continue
+            params = cols.dicts()
+            pos = {n: i for i, n in enumerate(cols.names)}
+            if sorted(pos) != names:
+                for p in params:  # the names differ from the spec's: the slow path says why
+                    canonical_json(p)
+                raise PlanError(f"a point has parameters {sorted(pos)}, expected {names}")
+            col = partial(tables.column, cols)
+            fr = [col(pos[n], "frag", fragments(n)) for n in names]
+            if len(fr) == 1:
+                cj = fr[0]
+            elif len(fr) == 2:
+                cj = list(map(operator.add, fr[0], fr[1]))
+            else:
+                cj = list(map("".join, zip(*fr, strict=True)))
+            try:
+                digests = list(map(_hexdigest, map(hashlib.sha256, map(str.encode, cj))))
+            except UnicodeEncodeError:
+                for p in params:
+                    canonical_json(p)  # raises a PlanError naming the value
+                raise
+            raw = np.frombuffer(bytes.fromhex("".join(digests)), dtype=">u8").reshape(k, 4)
+            fresh = tracker.add(raw[:, 0].astype(np.uint64), raw[:, 1].astype(np.uint64))
+            self.points += k
+            if not fresh.all():
+                mask = fresh.tolist()
+                for i in np.flatnonzero(~fresh).tolist():
                     self.duplicates += 1
                     if len(self.duplicate_examples) < 5:
-                        self.duplicate_examples.append(params)
-                    continue
-                try:
-                    vals = {n: cfmt(type(params[n]))(params[n]) for n in cmd_names}
-                except _NotOnCommandLine:
-                    render_command(templates, params)  # raises a PlanError naming the value
-                    raise
-                command = [a if c else a.format_map(vals) for a, c in arg_src]
-                pid = digest[:POINT_ID_HEX]
-                name = prefix + pid + suffix
-                files: tuple[tuple[str, bytes], ...] = ()
-                if inputs or params_file:
-                    rendered = [(o, t.render(params).encode("utf-8")) for o, t in inputs]
+                        self.duplicate_examples.append(params[i])
+                params = list(compress(params, mask))
+                digests = list(compress(digests, mask))
+                cj = list(compress(cj, mask))
+                cols = cols.select(mask, params)
+                col = partial(tables.column, cols)
+            # command arguments, with None where a value cannot be on a command line
+            args: list[list[str] | str] = []
+            for src, order in shapes:
+                if not order:
+                    args.append(src)
+                elif len(order) == 1:
+                    args.append(col(pos[order[0]], f"arg:{src}", rendered(src)))
+                else:
+                    texts = [col(pos[n], "cmd", _cmd_texts) for n in order]
+                    args.append(_fill(src, texts))  # type: ignore[arg-type]
+            bads = [
+                b for a in args if isinstance(a, list) for b in [_first_none(a)] if b is not None
+            ]
+            bad = min(bads) if bads else None
+            end = len(params) if bad is None else bad
+            if bad is not None:
+                args = [a[:end] if isinstance(a, list) else a for a in args]
+            pids = list(map(_first_hex, digests[:end]))
+            chunk = _Chunk(
+                params=params[:end],
+                pids=pids,
+                names=list(map(prefix.__add__, map(operator.add, pids, repeat(suffix)))),
+                args=args,
+                files=None,
+            )
+            if inputs or params_file:
+                files = []
+                for p, c in zip(chunk.params, cj, strict=False):
+                    rendered_files = [(o, t.render(p).encode("utf-8")) for o, t in inputs]
                     if params_file:
-                        rendered.append(("shared/params.json", cj.encode("utf-8")))
-                    files = tuple(rendered)
-                wu = new(PlannedWorkunit)
-                wu.__dict__.update(
-                    wu_name=name,
-                    sweep=sweep,
-                    version=version,
-                    point_id=pid,
-                    attempt=attempt,
-                    params=params,
-                    command=command,
-                    argv=[*opts, name, image, *command],
-                    input_files=files,
-                    prerun=prerun,
-                    postrun=postrun,
-                )
-                yield wu
+                        rendered_files.append(("shared/params.json", c.encode("utf-8")))
+                    files.append(tuple(rendered_files))
+                chunk.files = files
+            if text:
+                chunk.args_json = [
+                    encode_basestring(src)
+                    if not order
+                    else (
+                        col(pos[order[0]], f"json:{src}", rendered_json(src))[:end]
+                        if len(order) == 1
+                        else _encoded(a)  # type: ignore[arg-type]
+                    )
+                    for (src, order), a in zip(shapes, args, strict=True)
+                ]
+                chunk.params_json = self._params_json(cols, end, col)
+            yield chunk
+            if bad is not None:
+                render_command(templates, params[bad])  # raises a PlanError naming the value
+                raise PlanError(f"point {params[bad]!r} cannot be put on a command line")
+
+    @staticmethod
+    def _params_json(cols: Columns, end: int, col: Callable[..., list[Any]]) -> list[str]:
+        """Return ``json.dumps(params, ensure_ascii=False)`` of the first ``end`` points."""
+        if cols.points is not None:
+            return [json.dumps(p, ensure_ascii=False) for p in cols.points[:end]]
+        last = len(cols.names) - 1
+        parts = []
+        for i, n in enumerate(cols.names):
+            pre = ("{" if i == 0 else ", ") + encode_basestring(n) + ": "
+            post = "}" if i == last else ""
+
+            def derive(vs: list[Any], pre: str = pre, post: str = post, n: str = n) -> list[str]:
+                return [pre + t + post for t in _json_texts(vs, n)]
+
+            parts.append(col(i, f"jsonl:{n}", derive)[:end])
+        if len(parts) == 1:
+            return parts[0]
+        return list(map("".join, zip(*parts, strict=True)))
+
+
+class _AxisTables:
+    """Texts derived from grid values, computed once per distinct value of an axis.
+
+    A table is keyed by the axis list's id and what was derived; the axis lists are
+    kept so that their ids stay unique while the tables are in use.
+    """
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple[int, str], list[Any]] = {}
+        self._kept: list[list[Any]] = []
+
+    def column(
+        self, cols: Columns, i: int, key: str, derive: Callable[[list[Any]], list[Any]]
+    ) -> list[Any]:
+        """Return ``derive(cols.values[i])``, through the axis' table for grid columns."""
+        if cols.codes is None or cols.axes is None:
+            return derive(cols.values[i])
+        axis = cols.axes[i]
+        table = self._tables.get((id(axis), key))
+        if table is None:
+            table = self._tables[(id(axis), key)] = derive(axis)
+            self._kept.append(axis)
+        return list(map(table.__getitem__, cols.codes[i]))
 
 
 class _NotOnCommandLine(Exception):
@@ -591,9 +905,17 @@ _CMD_FORMAT = _Dispatch(
     },
     lambda v: _cmd_str(format_value(v)),
 )
+
+
+def _json_str(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    return encode_basestring(value)
+
+
 _JSON_FORMAT = _Dispatch(
     {
-        str: encode_basestring,
+        str: _json_str,
         int: int.__repr__,
         float: _json_float,
         bool: _BOOL.__getitem__,

@@ -35,6 +35,9 @@ in ``tests/golden/`` catch any drift after a library upgrade.
 
 Points are generated lazily: a grid of a million points is streamed, never held.
 Only the blocks inside a ``product`` other than the first are held in memory.
+``iter_columns`` yields the same points in chunks, column by column; for a grid
+each column also comes as indexes into the axis' value list, so a consumer can
+format each distinct value once instead of once per point.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
@@ -63,6 +67,7 @@ __all__ = [
     "MAX_HELPER_VALUES",
     "RANDOM_CHUNK",
     "Block",
+    "Columns",
     "ConcatBlock",
     "GridBlock",
     "LhsBlock",
@@ -73,6 +78,7 @@ __all__ = [
     "ZipBlock",
     "block_names",
     "block_size",
+    "iter_columns",
     "iter_points",
     "iter_string_values",
 ]
@@ -606,21 +612,38 @@ def _draw(dist: Any, gen: np.random.Generator, size: int) -> list[Any]:
     return list(gen.integers(lo_i, hi_i, size, dtype=np.int64, endpoint=True).tolist())
 
 
-def _iter_random(spec: RandomSpec) -> Iterator[dict[str, Any]]:
+def _random_columns(spec: RandomSpec) -> Iterator[list[list[Any]]]:
     names = sorted(spec.params)
     gens = [np.random.Generator(np.random.PCG64(_stream_seed(spec.seed, n))) for n in names]
     left = spec.n
     while left > 0:
         size = min(RANDOM_CHUNK, left)
-        cols = [
+        yield [
             _draw(spec.params[n], g, RANDOM_CHUNK)[:size] for n, g in zip(names, gens, strict=True)
         ]
-        for row in zip(*cols, strict=False):
-            yield dict(zip(names, row, strict=False))
         left -= size
 
 
+def _iter_random(spec: RandomSpec) -> Iterator[dict[str, Any]]:
+    names = sorted(spec.params)
+    for cols in _random_columns(spec):
+        for row in zip(*cols, strict=False):
+            yield dict(zip(names, row, strict=False))
+
+
+def _lhs_columns(spec: LhsSpec) -> Iterator[list[list[Any]]]:
+    scaled = _lhs_sample(spec)
+    for start in range(0, len(scaled), RANDOM_CHUNK):
+        yield scaled[start : start + RANDOM_CHUNK].T.tolist()
+
+
 def _iter_lhs(spec: LhsSpec) -> Iterator[dict[str, Any]]:
+    names = sorted(spec.bounds)
+    for row in _lhs_sample(spec).tolist():
+        yield dict(zip(names, row, strict=False))
+
+
+def _lhs_sample(spec: LhsSpec) -> np.ndarray:
     from scipy.stats import qmc
 
     names = sorted(spec.bounds)
@@ -632,9 +655,8 @@ def _iter_lhs(spec: LhsSpec) -> Iterator[dict[str, Any]]:
     unit = sampler.random(spec.n)
     lows = np.array([spec.bounds[n][0] for n in names], dtype=np.float64)
     highs = np.array([spec.bounds[n][1] for n in names], dtype=np.float64)
-    scaled = unit * (highs - lows) + lows + 0.0
-    for row in scaled.tolist():
-        yield dict(zip(names, row, strict=False))
+    scaled: np.ndarray = unit * (highs - lows) + lows + 0.0
+    return scaled
 
 
 def iter_points(block: AnyBlock) -> Iterator[dict[str, Any]]:
@@ -668,6 +690,90 @@ def iter_points(block: AnyBlock) -> Iterator[dict[str, Any]]:
     else:
         for b in block.concat:
             yield from iter_points(b)
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """A chunk of consecutive points of a block, held column by column.
+
+    ``values[i]`` lists parameter ``names[i]``'s value at each point of the chunk.
+    ``points``, when given, are the point dicts themselves (their key order may
+    differ from ``names``). For grid blocks ``codes[i][j]`` is the index of
+    ``values[i][j]`` in ``axes[i]``, the list of that parameter's grid values.
+    """
+
+    names: tuple[str, ...]
+    values: list[list[Any]]
+    points: list[dict[str, Any]] | None = None
+    codes: list[list[int]] | None = None
+    axes: list[list[Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values[0]) if self.values else 0
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """Return the chunk's points as fresh dicts, equal to what ``iter_points`` yields."""
+        if self.points is not None:
+            return self.points
+        rows = zip(*self.values, strict=True)
+        return list(map(dict, map(zip, itertools.repeat(self.names), rows)))
+
+    def select(self, mask: list[bool], points: list[dict[str, Any]]) -> Columns:
+        """Return the points where ``mask`` is true (``points``: their dicts, already selected)."""
+        return Columns(
+            self.names,
+            [list(itertools.compress(v, mask)) for v in self.values],
+            None if self.points is None else points,
+            None if self.codes is None else [list(itertools.compress(c, mask)) for c in self.codes],
+            self.axes,
+        )
+
+
+def _chunked_dicts(points: Iterator[dict[str, Any]], size: int) -> Iterator[Columns]:
+    while True:
+        chunk = list(itertools.islice(points, size))
+        if not chunk:
+            return
+        names = tuple(chunk[0])
+        yield Columns(names, [[p[n] for p in chunk] for n in names], points=chunk)
+
+
+def iter_columns(block: AnyBlock, size: int) -> Iterator[Columns]:
+    """Yield the points of a block in order, in chunks of at most ``size`` points, as Columns."""
+    if isinstance(block, GridBlock):
+        names = tuple(block.grid)
+        axes = [_values_of(v) for v in block.grid.values()]
+        lengths = [len(a) for a in axes]
+        total = math.prod(lengths)
+        if total >= 2**62:
+            yield from _chunked_dicts(iter_points(block), size)
+            return
+        strides = [math.prod(lengths[i + 1 :]) for i in range(len(lengths))]
+        for start in range(0, total, size):
+            index = np.arange(start, min(start + size, total), dtype=np.int64)
+            codes = [((index // s) % n).tolist() for s, n in zip(strides, lengths, strict=True)]
+            values = [list(map(a.__getitem__, c)) for a, c in zip(axes, codes, strict=True)]
+            yield Columns(names, values, codes=codes, axes=axes)
+    elif isinstance(block, ZipBlock):
+        names = tuple(block.zip)
+        cols = [_values_of(v) for v in block.zip.values()]
+        for start in range(0, len(cols[0]), size):
+            yield Columns(names, [c[start : start + size] for c in cols])
+    elif isinstance(block, RandomBlock | LhsBlock):
+        names = block_names(block)
+        source = (
+            _random_columns(block.random)
+            if isinstance(block, RandomBlock)
+            else _lhs_columns(block.lhs)
+        )
+        for cols in source:
+            for start in range(0, len(cols[0]), size):
+                yield Columns(names, [c[start : start + size] for c in cols])
+    elif isinstance(block, ConcatBlock):
+        for b in block.concat:
+            yield from iter_columns(b, size)
+    else:
+        yield from _chunked_dicts(iter_points(block), size)
 
 
 def space_kind(

@@ -27,17 +27,20 @@ from pipeline.errors import PlanError
 from pipeline.plan import (
     CREATE_WORK_SCRIPT,
     IdTracker,
+    PlannedWorkunit,
     canonical_json,
     command_value_problem,
     compile_template,
     parse_wu_name,
     plan,
+    plan_point,
     point_id,
     render_command,
     supported_modes,
     sweep_name_prefix,
     wu_name,
 )
+from pipeline.space import iter_points
 from pipeline.spec import SweepSpec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +103,131 @@ def test_planned_json_equals_canonical_json_for_every_example() -> None:
         for wu in plan(spec):
             assert dict(wu.input_files)["shared/params.json"] == canonical_json(wu.params).encode()
             assert wu.point_id == point_id(wu.params)
+
+
+def _reference(spec: SweepSpec, attempt: int = 1) -> list[PlannedWorkunit]:
+    """The plan made one point at a time with the plain functions (plan_point)."""
+    out, seen = [], set()
+    for params in iter_points(spec.parameters):
+        key = canonical_json(params)
+        if key not in seen:
+            seen.add(key)
+            out.append(plan_point(spec, params, attempt))
+    return out
+
+
+def _jsonl_reference(wus: list[PlannedWorkunit]) -> str:
+    return "".join(
+        json.dumps(
+            {
+                "wu_name": w.wu_name,
+                "point_id": w.point_id,
+                "attempt": w.attempt,
+                "params": w.params,
+                "command": w.command,
+                "argv": w.argv,
+                "input_files": {n: d.decode("utf-8") for n, d in w.input_files},
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+        for w in wus
+    )
+
+
+def _assert_same_plan(spec: SweepSpec, attempt: int = 1) -> None:
+    expected = _reference(spec, attempt)
+    actual = list(plan(spec, attempt))
+    assert actual == expected
+    for a, e in zip(actual, expected, strict=True):
+        assert list(a.params.items()) == list(e.params.items())  # same key order too
+        assert [type(v) for v in a.params.values()] == [type(v) for v in e.params.values()]
+    assert "".join(plan(spec, attempt).jsonl_chunks()) == _jsonl_reference(expected)
+
+
+command_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    printable_ascii.filter(lambda s: '"' not in s or "{" in s),
+)
+
+
+@given(
+    st.lists(command_scalars, min_size=1, max_size=5),
+    st.lists(command_scalars, min_size=1, max_size=4),
+    st.sampled_from(["grid", "zip", "product", "concat"]),
+    st.integers(1, 3),
+)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_plan_equals_point_by_point_planning(a: list, b: list, kind: str, attempt: int) -> None:
+    """The chunked, cached planner gives exactly the workunits plan_point gives."""
+    if kind == "grid":
+        space: dict = {"grid": {"b": b, "a": a}}
+    elif kind == "zip":
+        space = {"zip": {"b": (b * 5)[: len(a)], "a": a}}
+    elif kind == "product":
+        space = {"product": [{"grid": {"b": b}}, {"points": [{"a": x} for x in a]}]}
+    else:
+        space = {"concat": [{"grid": {"a": a, "b": b}}, {"points": [{"b": x, "a": x} for x in a]}]}
+    spec = make_spec(
+        parameters=space,
+        command=["run", "--a={a}", "{b}", "{a}{b}-{{lit}}", "{a}/{a}", "const"],
+        params_file=True,
+        inputs=[{"path": "in.txt", "template": "a={a} b={b}"}],
+    )
+    _assert_same_plan(spec, attempt)
+
+
+def test_plan_equals_point_by_point_planning_for_every_example_and_kind() -> None:
+    for path in EXAMPLES:
+        spec = load_spec(path)
+        _assert_same_plan(spec)
+        _assert_same_plan(spec, attempt=3)
+    odd = make_spec(
+        name="odd",
+        image="reg.example/img:1",
+        app="app",
+        entrypoint="/bin/sh",
+        command=["{a}"],
+        parameters={
+            "concat": [
+                {"random": {"n": 50, "seed": 1, "params": {"a": {"choice": [1, 1.0, "x", True]}}}},
+                {"lhs": {"n": 20, "seed": 2, "bounds": {"a": [-1.0, 1.0]}}},
+                {"grid": {"a": {"linspace": {"start": -1.0, "stop": 1.0, "num": 5}}}},
+            ]
+        },
+    )
+    _assert_same_plan(odd)
+    noargs = make_spec(command=[], parameters={"grid": {"a": [1, 2]}})
+    _assert_same_plan(noargs)
+    # a grid bigger than one chunk, with repeats across chunks
+    big = make_spec(parameters={"concat": [{"grid": {"a": list(range(5000))}}] * 2})
+    wus = list(plan(big))
+    assert [w.params["a"] for w in wus] == list(range(5000))
+    assert "".join(plan(big).jsonl_chunks()) == _jsonl_reference(wus)
+
+
+def test_jsonl_limit_and_bad_values_stop_at_the_right_point() -> None:
+    spec = make_spec(parameters={"grid": {"a": list(range(10))}})
+    stream = plan(spec)
+    text = "".join(stream.jsonl_chunks(limit=3))
+    assert [json.loads(line)["params"] for line in text.splitlines()] == [
+        {"a": 0},
+        {"a": 1},
+        {"a": 2},
+    ]
+    assert "".join(plan(spec).jsonl_chunks(limit=0)) == ""
+    bad = make_spec(
+        checked=False, parameters={"grid": {"a": [1, 2, "x\ny", 3]}}, command=["run", "{a}"]
+    )
+    got: list = []
+    with pytest.raises(PlanError, match="params_file: true"):
+        got.extend(wu.params["a"] for wu in plan(bad))
+    assert got == [1, 2]  # the points before the bad one are planned
+    with pytest.raises(PlanError, match="params_file: true"):
+        "".join(plan(bad).jsonl_chunks())
 
 
 # --------------------------------------------------------------------------- names
