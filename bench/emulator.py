@@ -116,12 +116,12 @@ def _load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
-def cycle(project: Project, n: int, hosts: int) -> tuple[float, float, float]:
+def cycle(project: Project, n: int, hosts: int, parallel: int = 0) -> tuple[float, float, float]:
     """Run the daemons until every workunit is assimilated.
 
     Returns wall seconds, CPU seconds of the daemon process, CPU seconds of the jobs.
     """
-    daemons = Daemons(project, hosts=hosts)
+    daemons = Daemons(project, hosts=hosts, parallel=parallel)
     daemons.clock.advance(1)
     engine = project.engine()
 
@@ -168,7 +168,8 @@ def _report_cycle(label: str, n: int, wall: float, own: float, jobs: float, core
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--hosts", type=int, default=16)
+    parser.add_argument("--parallel", type=int, default=8, help="jobs at once (0: 2 per CPU)")
     parser.add_argument("--containers", type=int, default=5)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -182,14 +183,16 @@ def main() -> int:
                 print(
                     f"create_work --stdin, MariaDB: {args.n / secs:,.0f} workunits/s ({secs:.2f} s)"
                 )
-                _report_cycle("MariaDB", args.n, *cycle(p, args.n, args.hosts), cores)
+                figures = cycle(p, args.n, args.hosts, args.parallel)
+                _report_cycle("MariaDB", args.n, *figures, cores)
                 p.close()
             else:
                 print("MariaDB not reachable: skipped")
             p = _setup(Path(tmp) / "lite", None)
             secs = create(p, args.n, "s")
             print(f"create_work --stdin, SQLite: {args.n / secs:,.0f} workunits/s ({secs:.2f} s)")
-            _report_cycle("SQLite", args.n, *cycle(p, args.n, args.hosts), cores)
+            figures = cycle(p, args.n, args.hosts, args.parallel)
+            _report_cycle("SQLite", args.n, *figures, cores)
             p.close()
         finally:
             if maria:

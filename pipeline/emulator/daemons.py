@@ -73,6 +73,8 @@ __all__ = ["Clock", "Daemons"]
 log = logging.getLogger("pipeline.emulator")
 
 SELECT_LIMIT = 1000
+#: How many UNSENT results the emulated feeder keeps at hand.
+FEEDER_WINDOW = 1000
 #: Seconds between passes of the server daemons while jobs are running.
 DAEMON_INTERVAL = 0.25
 TEN_DAYS = 10 * 86400
@@ -239,6 +241,10 @@ class Daemons:
         self._running: list[_Assignment] = []
         self._reports: list[_Report] = []
         self._templates: dict[str, str] = {}
+        self._window: list[tuple[int, int]] = []
+        self._window_time = 0.0
+        self._parsed_files: dict[bytes, list[_InputFile]] = {}
+        self._container_app: dict[str, bool] = {}
         self._checked_namespaces = False
         self._launcher = runner.Launcher()
         weakref.finalize(self, self._launcher.close)
@@ -535,6 +541,7 @@ class Daemons:
                 wu_updates.setdefault(key, []).append(diff)
         if new_results:
             conn.execute(sa.insert(RES), new_results)
+            self._window_time = 0.0  # the feeder sees new results at its next scan
         if result_updates:
             conn.execute(
                 sa.update(RES)
@@ -607,6 +614,32 @@ class Daemons:
             moved |= self._send_reports()
         return moved
 
+    def _feeder(self, conn: Connection) -> list[tuple[int, int]]:
+        """UNSENT results (id, workunit id) in the scheduler's order, cached like BOINC's feeder.
+
+        The real feeder keeps a window of sendable results in shared memory and
+        refills it periodically; this one refills when the window is used up or
+        older than DAEMON_INTERVAL. A result that stopped being UNSENT meanwhile
+        (cancelled) is skipped when it is sent: the update requires UNSENT.
+        """
+        now = time.monotonic()
+        if self._window and now - self._window_time < DAEMON_INTERVAL:
+            return self._window
+        self._window = [
+            (rid, wid)
+            for rid, wid in conn.execute(
+                sa.select(RES.c.id, RES.c.workunitid)
+                .where(
+                    RES.c.server_state == int(ServerState.UNSENT),
+                    RES.c.appid.in_(sorted(self.served_apps)),
+                )
+                .order_by(RES.c.priority.desc(), RES.c.id)
+                .limit(FEEDER_WINDOW)
+            )
+        ]
+        self._window_time = now
+        return self._window
+
     def _assign(self) -> bool:
         idle = [h for h, a in self._busy.items() if a is None]
         room = self.parallel - len(self._running)
@@ -615,43 +648,51 @@ class Daemons:
         want = min(len(idle), room)
         now = self.clock.now()
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(
-                    RES.c.id,
-                    RES.c.name,
-                    RES.c.workunitid,
-                    RES.c.xml_doc_in,
-                    WU.c.name.label("wu_name"),
-                    WU.c.xml_doc,
-                    WU.c.delay_bound,
-                )
-                .join(WU, WU.c.id == RES.c.workunitid)
-                .where(
-                    RES.c.server_state == int(ServerState.UNSENT),
-                    RES.c.appid.in_(sorted(self.served_apps)),
-                )
-                .order_by(RES.c.priority.desc(), RES.c.id)
-                .limit(max(want * 4, 64))
-            ).all()
-            if not rows:
+            window = self._feeder(conn)
+            if not window:
                 return False
+            candidates = window[: max(want * 4, 16)]
             had: dict[int, set[int]] = {}
             for wid, hid in conn.execute(
                 sa.select(RES.c.workunitid, RES.c.hostid).where(
-                    RES.c.workunitid.in_({r.workunitid for r in rows}), RES.c.hostid > 0
+                    RES.c.workunitid.in_({wid for _rid, wid in candidates}), RES.c.hostid > 0
                 )
             ):
                 had.setdefault(wid, set()).add(hid)
-        picks: list[tuple[int, Any]] = []
-        for row in rows:
-            if not idle or len(picks) >= want:
+        chosen: list[tuple[int, int]] = []
+        for rid, wid in candidates:
+            if not idle or len(chosen) >= want:
                 break
             for h in idle:
-                if h not in had.get(row.workunitid, set()):
-                    picks.append((h, row))
+                if h not in had.get(wid, set()):
+                    chosen.append((h, rid))
                     idle.remove(h)
-                    had.setdefault(row.workunitid, set()).add(h)
+                    had.setdefault(wid, set()).add(h)
                     break
+        taken = {rid for _h, rid in chosen}
+        # Results passed over (every idle host already had their workunit) stay in
+        # the window for the next pass, in order.
+        self._window = [c for c in window if c[0] not in taken]
+        if not chosen:
+            return False
+        with self.engine.connect() as conn:
+            details = {
+                row.id: row
+                for row in conn.execute(
+                    sa.select(
+                        RES.c.id,
+                        RES.c.name,
+                        RES.c.workunitid,
+                        RES.c.xml_doc_in,
+                        WU.c.name.label("wu_name"),
+                        WU.c.xml_doc,
+                        WU.c.delay_bound,
+                    )
+                    .join(WU, WU.c.id == RES.c.workunitid)
+                    .where(RES.c.id.in_(taken))
+                )
+            }
+        picks = [(h, details[rid]) for h, rid in chosen if rid in details]
         if not picks:
             return False
         sent = [
@@ -722,16 +763,19 @@ class Daemons:
             return
         slot = self.slots / f"{a.result_name}_{secrets.token_hex(4)}"
         shared = slot / "shared"
-        shared.mkdir(parents=True)
+        os.makedirs(shared / "results")
+        made = {"shared", "shared/results"}
         container = False
-        for item in _wu_files(a.wu_xml_doc):
+        for item in self._input_files(a.wu_xml_doc):
             if not item.open_name:
                 continue
             src = self.project.download_path(item.name)
-            dst = slot / item.open_name
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            folder = os.path.dirname(item.open_name)
+            if folder and folder not in made:
+                os.makedirs(slot / folder, exist_ok=True)
+                made.add(folder)
             try:
-                shutil.copyfile(src, dst)
+                shutil.copyfile(src, slot / item.open_name)
             except FileNotFoundError:
                 shutil.rmtree(slot, ignore_errors=True)
                 self._queue_report(
@@ -739,11 +783,10 @@ class Daemons:
                 )
                 return
             if item.open_name == "shared/boinc_app":
-                container = "docker load" in dst.read_text(errors="replace")
+                container = self._is_container_app(item.name, src)
         if not self._checked_namespaces:
             runner.check_namespaces()
             self._checked_namespaces = True
-        (shared / "results").mkdir(exist_ok=True)
         a.job = self._launcher.start(
             slot, container=container, no_output=f.hits("no_output", a.result_name)
         )
@@ -751,6 +794,25 @@ class Daemons:
         self._running.append(a)
         if container:  # one at a time: wait here for it to finish
             a.job.wait()
+
+    def _input_files(self, xml_doc: bytes) -> list[_InputFile]:
+        """The workunit's input files, parsed once per distinct ``xml_doc``."""
+        files = self._parsed_files.get(xml_doc)
+        if files is None:
+            if len(self._parsed_files) >= 4096:
+                self._parsed_files.clear()
+            files = self._parsed_files[xml_doc] = _wu_files(xml_doc)
+        return files
+
+    def _is_container_app(self, name: str, path: Path) -> bool:
+        """Whether a staged ``boinc_app`` loads an image (staged files never change)."""
+        known = self._container_app.get(name)
+        if known is None:
+            if len(self._container_app) >= 4096:
+                self._container_app.clear()
+            known = b"docker load" in path.read_bytes()
+            self._container_app[name] = known
+        return known
 
     def _reap(self, block: bool) -> bool:
         moved = False
