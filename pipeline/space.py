@@ -45,6 +45,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import operator
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
@@ -715,8 +717,12 @@ class Columns:
         """Return the chunk's points as fresh dicts, equal to what ``iter_points`` yields."""
         if self.points is not None:
             return self.points
-        rows = zip(*self.values, strict=True)
-        return list(map(dict, map(zip, itertools.repeat(self.names), rows)))
+        # Copies of one dict with the keys in order, filled column by column: about
+        # twice as fast as building each dict from a zip of names and values.
+        out = list(map(dict.copy, itertools.repeat(dict.fromkeys(self.names), len(self))))
+        for name, values in zip(self.names, self.values, strict=True):
+            deque(map(operator.setitem, out, itertools.repeat(name), values), maxlen=0)
+        return out
 
     def select(self, mask: list[bool], points: list[dict[str, Any]]) -> Columns:
         """Return the points where ``mask`` is true (``points``: their dicts, already selected)."""
