@@ -18,6 +18,10 @@ is SQLite. Prints points/s per phase and the overhead of Celery against the
 in-process figure measured in the same run (target: under 20% at one worker).
 
     python bench/workers.py [--n 10000] [--chunk 200]
+
+Submission into the emulator in batch mode costs one emulated ``bin/create_work``
+process per workunit (0.5-2 s each on a loaded 2-core machine), so large N
+takes hours here; the figures in bench/README.md say which N was measured.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ class Setup:
             transport=f"local://{self.project.root}",
             results=f"local://{self.project.results_dir}",
             boinc_db=DbConfig(url=self.project.db_url),
-            mode="batch",
+            mode="batch",  # fast mode needs the emulator's docker image mode
             python="python3",
             apps={"boinc2docker": {"cushion": 2 * n}},  # type: ignore[dict-item]
         )
@@ -278,13 +282,13 @@ def main() -> int:
         redis.terminate()
         redis.wait()
     base = submit["in process"] + harvest["in process"]
-    header = ("driver", "submit pts/s", "harvest pts/s", "both pts/s", "overhead")
-    print(f"{header[0]:<12} {header[1]:>13} {header[2]:>14} {header[3]:>11} {header[4]:>9}")
+    header = ("driver", "submit s", "pts/s", "harvest s", "pts/s", "both pts/s", "overhead")
+    print("{:<12} {:>9} {:>7} {:>10} {:>7} {:>11} {:>9}".format(*header))
     for d in drivers:
         both = submit[d] + harvest[d]
         print(
-            f"{d:<12} {n / submit[d]:>13.0f} {n / harvest[d]:>14.0f} {n / both:>11.0f} "
-            f"{(both / base - 1) * 100:>8.1f}%"
+            f"{d:<12} {submit[d]:>9.1f} {n / submit[d]:>7.2f} {harvest[d]:>10.2f} "
+            f"{n / harvest[d]:>7.1f} {n / both:>11.2f} {(both / base - 1) * 100:>8.1f}%"
         )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
