@@ -27,9 +27,13 @@ other control characters, non-ASCII text) is refused with a ``PlanError`` that
 points to ``params_file: true``, which carries any value. NUL is refused everywhere.
 
 Streaming. ``plan`` returns a lazy ``PlanStream``: a million-point grid is planned
-point by point. Duplicate points are skipped (counted, with examples) and hash-prefix
-collisions between distinct points are refused; that check keeps 16 bytes per
-distinct point in sorted numpy arrays, and nothing else grows with the sweep.
+in chunks of ``PLAN_CHUNK`` points, column by column, and each workunit is made when
+it is asked for (``PlanStream.jsonl_chunks`` gives the same workunits as JSON lines).
+For grids, every text derived from a value (its canonical JSON, the command
+arguments it fills) is computed once per distinct value. Duplicate points are
+skipped (counted, with examples) and hash-prefix collisions between distinct points
+are refused; that check keeps 16 bytes per distinct point in sorted numpy arrays
+(plus a fixed 2 MiB bitmap), and nothing else grows with the sweep.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ MODES = ("script", "batch", "fast")
 """Submission modes; only ``batch`` and ``fast`` can carry per-job files and prerun/postrun."""
 
 PLAN_CHUNK = 4096
-"""Points are hashed and checked for duplicates this many at a time."""
+"""Points are generated, hashed and checked for duplicates this many at a time."""
 
 _NAME_RE = re.compile(r"^([a-z0-9-]{1,64})_v([1-9][0-9]*)_([0-9a-f]{16})_a([1-9][0-9]*)$")
 _SCALARS = (str, int, float, bool, type(None))
