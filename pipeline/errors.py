@@ -23,6 +23,7 @@ Celery tasks decide on that flag alone::
     ├── ServerError ............ the BOINC server did something unexpected
     │   └── SubmissionError .... workunits were not created as asked
     ├── StateError ............. the pipeline's state database refused an operation
+    │   └── StateUnavailable ... the state database cannot be reached (recoverable)
     └── HarvestError ........... a result archive could not be ingested
         ├── ArchiveRejected .... an archive broke a safety rule; carries the reason
         ├── ChunkStreamError ... the outer tar stream of a chunk broke (recoverable)
@@ -59,6 +60,7 @@ __all__ = [
     "SpecError",
     "SpecProblem",
     "StateError",
+    "StateUnavailable",
     "SubmissionError",
     "TransportError",
     "TransportTimeout",
@@ -184,6 +186,12 @@ class SubmissionError(ServerError):
 
 class StateError(PipelineError):
     """The pipeline's state database refused an operation."""
+
+
+class StateUnavailable(StateError):
+    """The state database cannot be reached or dropped the connection; try again later."""
+
+    recoverable = True
 
 
 class HarvestError(PipelineError):

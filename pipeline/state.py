@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pipeline.errors import ConfigError, StateError
+from pipeline.errors import ConfigError, StateError, StateUnavailable
 
 __all__ = [
     "POINT_STATES",
@@ -232,6 +232,21 @@ def insert_ignore(table: sa.Table, dialect: str) -> Any:
     raise StateError(f"unsupported state database engine {dialect!r}")
 
 
+def _translate_errors(engine: Engine) -> Engine:
+    """Turn connection failures into StateUnavailable, which callers may retry."""
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _on_error(ctx: Any) -> None:
+        exc = ctx.sqlalchemy_exception
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) and (
+            ctx.is_disconnect or ctx.connection is None or "connect" in str(exc.orig).lower()
+        ):
+            where = engine.url.render_as_string(hide_password=True)
+            raise StateUnavailable(f"state database {where} unreachable: {exc.orig}") from exc
+
+    return engine
+
+
 def create_engine(url: str) -> Engine:
     """Create an engine with the settings each backend needs for concurrent workers."""
     if url.startswith("sqlite"):
@@ -246,7 +261,7 @@ def create_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+    return _translate_errors(sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600))
 
 
 @dataclass(frozen=True)
@@ -514,18 +529,30 @@ class StateDB:
         return [(pid, int(att), json.loads(pj)) for pid, att, pj in rows]
 
     def set_point_states(
-        self, sweep_id: int, updates: Iterable[tuple[str, str, str | None]]
+        self,
+        sweep_id: int,
+        updates: Iterable[tuple[str, str, str | None]],
+        *,
+        keep: Sequence[str] = (),
     ) -> None:
-        """Set (point_id, state, reason) for many points in one transaction."""
+        """Set (point_id, state, reason) for many points in one transaction.
+
+        Points whose current state is in ``keep`` are left alone: the check and
+        the write are one statement, so a verdict another process wrote in the
+        meantime (say, ``harvested``) is never overwritten by a stale one.
+        """
         rows = [
             {"b_point": pid, "b_state": state, "b_reason": reason, "b_now": time.time()}
             for pid, state, reason in updates
         ]
         if not rows:
             return
+        cond = sa.and_(points.c.sweep_id == sweep_id, points.c.point_id == sa.bindparam("b_point"))
+        if keep:
+            cond = sa.and_(cond, points.c.state.not_in(list(keep)))
         stmt = (
             points.update()
-            .where(points.c.sweep_id == sweep_id, points.c.point_id == sa.bindparam("b_point"))
+            .where(cond)
             .values(
                 state=sa.bindparam("b_state"),
                 reason=sa.bindparam("b_reason"),

@@ -146,3 +146,14 @@ def test_an_older_schema_is_migrated_with_its_data(state_url: str) -> None:
             assert conn.execute(sa.select(sa.func.count()).select_from(ledger)).scalar_one() == 0
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+psycopg://postgres@127.0.0.1:1/x", "mysql+pymysql://root@127.0.0.1:1/x"]
+)
+def test_unreachable_state_database_is_a_recoverable_error(url: str) -> None:
+    from pipeline.errors import StateUnavailable
+
+    with pytest.raises(StateUnavailable, match="unreachable") as err:
+        StateDB(url)
+    assert err.value.recoverable
