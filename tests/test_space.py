@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline.space import Block, block_names, block_size, iter_points
+from pipeline.space import Block, block_names, block_size, iter_columns, iter_points
 
 BLOCK = TypeAdapter(Block)
 
@@ -168,3 +168,41 @@ def test_lhs_is_a_latin_hypercube_within_bounds() -> None:
     for name, (lo, hi) in (("x", (0, 1)), ("y", (10, 20))):
         strata = sorted(int((p[name] - lo) / (hi - lo) * 50) for p in pts)
         assert strata == list(range(50))  # one point in each of the 50 strata
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        {"grid": {"b": [1, 2.5, "x"], "a": {"range": {"start": 0, "stop": 7}}, "c": [None, True]}},
+        {"zip": {"b": [1, 2, 3, 4, 5], "a": ["p", "q", "r", "s", "t"]}},
+        {"points": [{"a": 1, "b": 2}, {"b": 3, "a": 4}]},
+        {
+            "random": {
+                "n": 11,
+                "seed": 3,
+                "params": {"b": {"uniform": [0, 1]}, "a": {"randint": [0, 9]}},
+            }
+        },
+        {"lhs": {"n": 9, "seed": 4, "bounds": {"b": [0, 1], "a": [-5, 5]}}},
+        {"product": [{"grid": {"a": [1, 2, 3]}}, {"zip": {"b": [4, 5]}}]},
+        {"concat": [{"grid": {"a": [1, 2], "b": [3]}}, {"points": [{"b": 0, "a": 0}]}]},
+    ],
+    ids=["grid", "zip", "points", "random", "lhs", "product", "concat"],
+)
+@pytest.mark.parametrize("size", [1, 4, 4096])
+def test_columns_hold_the_same_points_in_order(space: dict, size: int) -> None:
+    block = BLOCK.validate_python(space)
+    chunks = list(iter_columns(block, size))
+    assert all(0 < len(c) <= size for c in chunks)
+    dicts = [d for c in chunks for d in c.dicts()]
+    expected = list(iter_points(block))
+    assert dicts == expected
+    assert [list(d.items()) for d in dicts] == [list(d.items()) for d in expected]  # key order
+    for c in chunks:
+        assert [list(col) for col in zip(*c.values, strict=True)] == [
+            [d[n] for n in c.names] for d in c.dicts()
+        ]
+        if c.codes is not None:  # grid: codes index the axes
+            assert c.axes is not None
+            for values, codes, axis in zip(c.values, c.codes, c.axes, strict=True):
+                assert values == [axis[i] for i in codes]
