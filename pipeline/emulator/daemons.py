@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
 import secrets
@@ -184,6 +185,83 @@ def _outfile_name(result_name: str, rand: int) -> Callable[[re.Match[str]], str]
 def _chunks(items: list[Any], n: int = SELECT_LIMIT) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+#: Rows per multi-row UPDATE statement on MariaDB/MySQL.
+UPDATE_CHUNK = 500
+
+
+def update_each(
+    conn: Connection,
+    table: sa.Table,
+    rows: list[dict[str, Any]],
+    *,
+    where: Iterable[tuple[str, str, Any]] = (),
+    lower: Iterable[str] = (),
+) -> None:
+    """For each row: ``UPDATE table SET <its columns> WHERE id = row["b_id"] AND ...``.
+
+    A row's other ``b_<column>`` keys are conditions (``<column> = value``); ``where``
+    holds conditions shared by every row, as ``(column, "=" or "!=", value)``;
+    columns named in ``lower`` are only ever lowered (set where the current value
+    is greater). Every row has the same keys. SQLite runs one executemany (no
+    round trips); MariaDB/MySQL get one multi-row ``UPDATE ... CASE id`` per
+    UPDATE_CHUNK rows instead of one round trip per row.
+    """
+    if not rows:
+        return
+    where = list(where)
+    lower = set(lower)
+    keys = list(rows[0])
+    matches = [k for k in keys if k.startswith("b_") and k != "b_id"]
+    sets = [k for k in keys if not k.startswith("b_")]
+    if conn.dialect.name not in ("mysql", "mariadb") or len(rows) == 1:
+        ops = {"=": operator.eq, "!=": operator.ne}
+        stmt = (
+            sa.update(table)
+            .where(
+                table.c.id == sa.bindparam("b_id"),
+                *[ops[op](table.c[col], value) for col, op, value in where],
+                *[table.c[k[2:]] == sa.bindparam(k) for k in matches],
+                *[table.c[col] > sa.bindparam(col) for col in sets if col in lower],
+            )
+            .values({col: sa.bindparam(col) for col in sets})
+        )
+        conn.execute(stmt, rows)
+        return
+    for col in [*sets, *(k[2:] for k in matches), *(c for c, _op, _v in where)]:
+        if col not in table.c:
+            raise ValueError(f"{table.name} has no column {col!r}")
+    merged: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        prev = merged.get(row["b_id"])
+        if prev is not None and lower:
+            row = {**row, **{c: min(prev[c], row[c]) for c in lower}}
+        merged[row["b_id"]] = row
+    for chunk in _chunks(list(merged.values()), UPDATE_CHUNK):
+        whens = " ".join(["WHEN %s THEN %s"] * len(chunk))
+        params: list[Any] = []
+        assignments = []
+        for col in sets:
+            expr = f"CASE id {whens} END"
+            if col in lower:
+                expr = f"LEAST({col}, {expr})"
+            assignments.append(f"{col} = {expr}")
+            for row in chunk:
+                params += (row["b_id"], row[col])
+        conditions = [f"id IN ({', '.join(['%s'] * len(chunk))})"]
+        params += [row["b_id"] for row in chunk]
+        for col, op, value in where:
+            if op not in ("=", "!="):
+                raise ValueError(f"unsupported operator {op!r}")
+            conditions.append(f"{col} {op} %s")
+            params.append(value)
+        for key in matches:
+            conditions.append(f"{key[2:]} = CASE id {whens} END")
+            for row in chunk:
+                params += (row["b_id"], row[key])
+        sql = f"UPDATE {table.name} SET {', '.join(assignments)} WHERE {' AND '.join(conditions)}"  # noqa: S608 (column names checked against the table)
+        conn.exec_driver_sql(sql, tuple(params))
 
 
 # ----------------------------------------------------------------------- hosts
@@ -542,25 +620,9 @@ class Daemons:
         if new_results:
             conn.execute(sa.insert(RES), new_results)
             self._window_time = 0.0  # the feeder sees new results at its next scan
-        if result_updates:
-            conn.execute(
-                sa.update(RES)
-                .where(RES.c.id == sa.bindparam("b_id"))
-                .values(
-                    server_state=sa.bindparam("server_state"),
-                    outcome=sa.bindparam("outcome"),
-                    validate_state=sa.bindparam("validate_state"),
-                    file_delete_state=sa.bindparam("file_delete_state"),
-                ),
-                result_updates,
-            )
-        for key, rows in wu_updates.items():
-            conn.execute(
-                sa.update(WU)
-                .where(WU.c.id == sa.bindparam("b_id"))
-                .values({k: sa.bindparam(k) for k in key}),
-                rows,
-            )
+        update_each(conn, RES, result_updates)
+        for rows in wu_updates.values():
+            update_each(conn, WU, rows)
 
     def _new_result(self, wu: Row[Any], name: str, xml_doc_in: str, now: int) -> dict[str, Any]:
         return {
@@ -698,6 +760,7 @@ class Daemons:
         sent = [
             {
                 "b_id": row.id,
+                "server_state": int(ServerState.IN_PROGRESS),
                 "hostid": h,
                 "userid": 1,
                 "sent_time": now,
@@ -706,32 +769,17 @@ class Daemons:
             for h, row in picks
         ]
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(RES)
-                .where(
-                    RES.c.id == sa.bindparam("b_id"),
-                    RES.c.server_state == int(ServerState.UNSENT),
-                )
-                .values(
-                    server_state=int(ServerState.IN_PROGRESS),
-                    hostid=sa.bindparam("hostid"),
-                    userid=sa.bindparam("userid"),
-                    sent_time=sa.bindparam("sent_time"),
-                    report_deadline=sa.bindparam("report_deadline"),
-                ),
-                sent,
-            )
+            update_each(conn, RES, sent, where=[("server_state", "=", int(ServerState.UNSENT))])
             # The scheduler pulls the workunit's transition_time in to the deadline
             # (update_wu_on_send), so the transitioner sees a timeout in time.
-            deadline: Any = sa.bindparam("report_deadline")
-            conn.execute(
-                sa.update(WU)
-                .where(WU.c.id == sa.bindparam("b_wu"), WU.c.transition_time > deadline)
-                .values(transition_time=deadline),
+            update_each(
+                conn,
+                WU,
                 [
-                    {"b_wu": row.workunitid, "report_deadline": s["report_deadline"]}
+                    {"b_id": row.workunitid, "transition_time": s["report_deadline"]}
                     for (_h, row), s in zip(picks, sent, strict=True)
                 ],
+                lower=["transition_time"],
             )
             got = {
                 rid
@@ -928,6 +976,7 @@ class Daemons:
             {
                 "b_id": r.result_id,
                 "b_hostid": r.host_id,
+                "server_state": int(ServerState.OVER),
                 "received_time": now,
                 **r.values,
             }
@@ -935,26 +984,16 @@ class Daemons:
         ]
         with self.engine.begin() as conn:
             if rows:
-                conn.execute(
-                    sa.update(RES)
-                    .where(
-                        RES.c.id == sa.bindparam("b_id"),
-                        RES.c.hostid == sa.bindparam("b_hostid"),
-                        RES.c.received_time == 0,
-                        RES.c.server_state != int(ServerState.UNSENT),
-                    )
-                    .values(
-                        server_state=int(ServerState.OVER),
-                        **{k: sa.bindparam(k) for k in rows[0] if not k.startswith("b_")},
-                    ),
+                update_each(
+                    conn,
+                    RES,
                     rows,
+                    where=[
+                        ("received_time", "=", 0),
+                        ("server_state", "!=", int(ServerState.UNSENT)),
+                    ],
                 )
-                conn.execute(
-                    sa.update(WU)
-                    .where(WU.c.id == sa.bindparam("b_wu"))
-                    .values(transition_time=now),
-                    [{"b_wu": r.wu_id} for r in first],
-                )
+                update_each(conn, WU, [{"b_id": r.wu_id, "transition_time": now} for r in first])
             for r in due:
                 if not r.duplicate:
                     continue
@@ -1016,6 +1055,14 @@ class Daemons:
                 wu_rows: list[dict[str, Any]] = []
                 for wu in wus:
                     credit = wu.rsc_fpops_est * COBBLESTONE_SCALE
+
+                    def valid(rid: int, credit: float = credit) -> dict[str, Any]:
+                        return {
+                            "b_id": rid,
+                            "validate_state": int(ValidateState.VALID),
+                            "granted_credit": credit,
+                        }
+
                     upd = {
                         "b_id": wu.id,
                         "need_validate": 0,
@@ -1032,54 +1079,31 @@ class Daemons:
                         and r.validate_state in (ValidateState.INIT, ValidateState.INCONCLUSIVE)
                     ]
                     if wu.canonical_resultid:
-                        res_valid += [{"b_id": r.id, "granted_credit": credit} for r in todo]
+                        res_valid += [valid(r.id) for r in todo]
                     elif len(todo) >= wu.min_quorum and todo:
-                        res_valid += [{"b_id": r.id, "granted_credit": credit} for r in todo]
+                        res_valid += [valid(r.id) for r in todo]
                         upd["canonical_resultid"] = todo[0].id
                         upd["canonical_credit"] = credit
                         upd["assimilate_state"] = int(AssimilateState.READY)
                         upd["transition_time"] = boinc.INT_MAX
                         res_didnt_need += [
-                            {"b_id": r.id}
+                            {
+                                "b_id": r.id,
+                                "server_state": int(ServerState.OVER),
+                                "outcome": int(Outcome.DIDNT_NEED),
+                            }
                             for r in by_wu[wu.id]
                             if r.server_state == ServerState.UNSENT
                         ]
                     wu_rows.append(upd)
-                if res_valid:
-                    conn.execute(
-                        sa.update(RES)
-                        .where(RES.c.id == sa.bindparam("b_id"))
-                        .values(
-                            validate_state=int(ValidateState.VALID),
-                            granted_credit=sa.bindparam("granted_credit"),
-                        ),
-                        res_valid,
-                    )
-                if res_didnt_need:
-                    conn.execute(
-                        sa.update(RES)
-                        .where(
-                            RES.c.id == sa.bindparam("b_id"),
-                            RES.c.server_state == int(ServerState.UNSENT),
-                        )
-                        .values(
-                            server_state=int(ServerState.OVER),
-                            outcome=int(Outcome.DIDNT_NEED),
-                        ),
-                        res_didnt_need,
-                    )
-                conn.execute(
-                    sa.update(WU)
-                    .where(WU.c.id == sa.bindparam("b_id"))
-                    .values(
-                        need_validate=sa.bindparam("need_validate"),
-                        canonical_resultid=sa.bindparam("canonical_resultid"),
-                        canonical_credit=sa.bindparam("canonical_credit"),
-                        assimilate_state=sa.bindparam("assimilate_state"),
-                        transition_time=sa.bindparam("transition_time"),
-                    ),
-                    wu_rows,
+                update_each(conn, RES, res_valid)
+                update_each(
+                    conn,
+                    RES,
+                    res_didnt_need,
+                    where=[("server_state", "=", int(ServerState.UNSENT))],
                 )
+                update_each(conn, WU, wu_rows)
                 del now
 
     # ------------------------------------------------------------------ assimilator
@@ -1133,11 +1157,17 @@ class Daemons:
                             shutil.move(str(src), str(dest_dir / name))
                         except OSError as exc:
                             log.info("assimilator: %s: %s (ignored)", name, exc)
-                conn.execute(
-                    sa.update(WU)
-                    .where(WU.c.id == sa.bindparam("b_id"))
-                    .values(assimilate_state=int(AssimilateState.DONE), transition_time=now),
-                    [{"b_id": w.id} for w in wus],
+                update_each(
+                    conn,
+                    WU,
+                    [
+                        {
+                            "b_id": w.id,
+                            "assimilate_state": int(AssimilateState.DONE),
+                            "transition_time": now,
+                        }
+                        for w in wus
+                    ],
                 )
 
     # ------------------------------------------------------------------ file deleter
@@ -1157,12 +1187,8 @@ class Daemons:
                         _unlink(self.project.download_path(item.name))
             if wus:
                 moved = True
-                conn.execute(
-                    sa.update(WU)
-                    .where(WU.c.id == sa.bindparam("b_id"))
-                    .values(file_delete_state=int(FileDeleteState.DONE)),
-                    [{"b_id": w.id} for w in wus],
-                )
+                done = int(FileDeleteState.DONE)
+                update_each(conn, WU, [{"b_id": w.id, "file_delete_state": done} for w in wus])
             results = conn.execute(
                 sa.select(RES.c.id, RES.c.xml_doc_in)
                 .where(RES.c.file_delete_state == int(FileDeleteState.READY))
@@ -1173,12 +1199,8 @@ class Daemons:
                     _unlink(self.project.upload_path(name))
             if results:
                 moved = True
-                conn.execute(
-                    sa.update(RES)
-                    .where(RES.c.id == sa.bindparam("b_id"))
-                    .values(file_delete_state=int(FileDeleteState.DONE)),
-                    [{"b_id": r.id} for r in results],
-                )
+                done = int(FileDeleteState.DONE)
+                update_each(conn, RES, [{"b_id": r.id, "file_delete_state": done} for r in results])
         return moved
 
     # ------------------------------------------------------------------ status

@@ -11,14 +11,17 @@ tab-separated line per message:
   ``/root/shared``, so no namespace of its own) and ``n`` (the ``no_output``
   fault: the results folder is emptied before the archive step);
 - ``K <token>``: kill the job's process group (ignored once it has exited);
-- reply ``E <token> <wait status> <user+system CPU seconds> <peak RSS bytes>``
-  when a job exits.
+- replies ``P <token> <pid>`` when a job has started (its process group id, so
+  the emulator can stop it even if this process dies) and ``E <token> <wait
+  status> <user+system CPU seconds> <peak RSS bytes>`` when it exits.
 
 Each job: a new session, stdout and stderr to ``<slot>/stderr.txt``, stdin from
 ``/dev/null``; in host mode a mount namespace of its own (``unshare(CLONE_NEWNS)``,
 ``/`` made private) with the slot bind-mounted onto ``/root/shared``; then
 ``/bin/sh -c JOB_SCRIPT`` in ``/root/shared``. When stdin closes, remaining jobs
-are killed and the process exits. Standard library only.
+are killed and the process exits; if this process is killed, each job's first
+process gets SIGKILL (parent-death signal) and the emulator kills the rest.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -55,12 +58,14 @@ _CLONE_NEWNS = 0x00020000
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
+_PR_SET_PDEATHSIG = 1
 
 
 def _child(libc: ctypes.CDLL, slot: bytes, flags: str) -> None:
     """Turn this forked process into the job (never returns)."""
     try:
         os.setsid()
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # the job dies with the launcher
         fd = os.open(slot + b"/stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -107,8 +112,8 @@ def main() -> int:
     out = sys.stdout.buffer
     buf = b""
     eof = False
+    replies: list[str] = []
     while True:
-        replies = []
         while jobs:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -130,6 +135,7 @@ def main() -> int:
                 eof = True
                 for pid in jobs:
                     _killpg(pid)
+        replies = []
         if eof and not jobs:
             return 0
         ready, _, _ = select.select([wake_r] if eof else [0, wake_r], [], [])
@@ -159,6 +165,7 @@ def main() -> int:
                     _child(libc, slot, flags)
                 jobs[pid] = token
                 pids[token] = pid
+                replies.append(f"P\t{token}\t{pid}\n")
             elif parts[0] == "K" and parts[1] in pids:
                 _killpg(pids[parts[1]])
 

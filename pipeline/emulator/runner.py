@@ -102,6 +102,7 @@ class RunningJob:
     container: bool
     launcher: Launcher
     lock: IO[bytes] | None = None
+    pid: int = 0
     status: int | None = None
     cpu_time: float = 0.0
     elapsed: float = 0.0
@@ -214,16 +215,24 @@ class Launcher:
             self._buf += data
             *lines, self._buf = self._buf.split(b"\n")
             for line in lines:
-                _e, token, status, cpu, rss = line.decode().split("\t")
+                kind, token, *rest = line.decode().split("\t")
+                if kind == "P":
+                    if token in self._jobs:
+                        self._jobs[token].pid = int(rest[0])
+                    continue
                 job = self._jobs.pop(token, None)
                 if job is not None:
+                    status, cpu, rss = rest
                     job._done(os.waitstatus_to_exitcode(int(status)), float(cpu), float(rss))
             if lines or not block:
                 return
 
     def _lost(self) -> None:
-        """The launcher is gone: its jobs count as failed to start; the next start restarts it."""
+        """The launcher is gone: its jobs are killed and fail; the next start restarts it."""
         for job in list(self._jobs.values()):
+            if job.pid:
+                with contextlib.suppress(OSError):
+                    os.killpg(job.pid, 9)
             job._done(127, 0.0, 0.0)
         self._jobs.clear()
         self.close()
