@@ -96,7 +96,14 @@ class BoincDB:
     # -- workunits ------------------------------------------------------------
 
     def workunit_states_query(self) -> sa.Select[Any]:
-        """The one query that tracking runs per sweep (bind parameter ``pattern``)."""
+        """The one query that tracking runs per sweep (bind parameter ``pattern``).
+
+        It returns one row per (workunit, result) pair, and one row with a NULL
+        ``server_state`` for a workunit without results; :meth:`workunit_states`
+        sums them per workunit. There is no GROUP BY: MariaDB would copy every
+        row into a temporary table and sort it, while this plan just walks the
+        name index and, per workunit, the index on ``result.workunitid``.
+        """
         r = result.alias("r")
         return (
             sa.select(
@@ -105,47 +112,38 @@ class BoincDB:
                 workunit.c.canonical_resultid,
                 workunit.c.error_mask,
                 workunit.c.assimilate_state,
-                sa.func.coalesce(
-                    sa.func.sum(sa.case((r.c.server_state <= int(ServerState.UNSENT), 1), else_=0)),
-                    0,
-                ).label("n_unsent"),
-                sa.func.coalesce(
-                    sa.func.sum(
-                        sa.case((r.c.server_state == int(ServerState.IN_PROGRESS), 1), else_=0)
-                    ),
-                    0,
-                ).label("n_in_progress"),
-                sa.func.coalesce(
-                    sa.func.sum(sa.case((r.c.server_state == int(ServerState.OVER), 1), else_=0)),
-                    0,
-                ).label("n_over"),
+                r.c.server_state,
             )
             .select_from(workunit.outerjoin(r, r.c.workunitid == workunit.c.id))
             .where(workunit.c.name.like(sa.bindparam("pattern"), escape="\\"))
-            .group_by(
-                workunit.c.id,
-                workunit.c.name,
-                workunit.c.canonical_resultid,
-                workunit.c.error_mask,
-                workunit.c.assimilate_state,
-            )
         )
 
     def workunit_states(self, prefix: str) -> list[WorkunitRow]:
         """Return every workunit whose name starts with ``prefix``, in one query."""
-        rows = self._run(self.workunit_states_query(), {"pattern": like_prefix(prefix)})
+        unsent, in_progress, over = (
+            int(ServerState.UNSENT),
+            int(ServerState.IN_PROGRESS),
+            int(ServerState.OVER),
+        )
+        # id -> [name, canonical_resultid, error_mask, assimilate_state, unsent, in progress, over]
+        found: dict[int, list[Any]] = {}
+        for wu_id, name, canonical, error_mask, assimilate, state in self._run(
+            self.workunit_states_query(), {"pattern": like_prefix(prefix)}
+        ):
+            entry = found.get(wu_id)
+            if entry is None:
+                entry = found[wu_id] = [name, canonical, error_mask, assimilate, 0, 0, 0]
+            if state is None:
+                continue
+            if state <= unsent:
+                entry[4] += 1
+            elif state == in_progress:
+                entry[5] += 1
+            elif state == over:
+                entry[6] += 1
         return [
-            WorkunitRow(
-                id=r.id,
-                name=r.name,
-                canonical_resultid=r.canonical_resultid,
-                error_mask=r.error_mask,
-                assimilate_state=r.assimilate_state,
-                n_unsent=int(r.n_unsent),
-                n_in_progress=int(r.n_in_progress),
-                n_over=int(r.n_over),
-            )
-            for r in rows
+            WorkunitRow(int(wu_id), e[0], int(e[1]), int(e[2]), int(e[3]), e[4], e[5], e[6])
+            for wu_id, e in found.items()
         ]
 
     def existing_workunits(self, names: Iterable[str]) -> dict[str, int]:

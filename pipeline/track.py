@@ -28,10 +28,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
+
 from pipeline.boinc import AssimilateState, ClientState, ErrorMask, Outcome, ServerState
 from pipeline.boincdb import BoincDB, ResultRow, WorkunitRow
 from pipeline.plan import sweep_name_prefix, wu_name
-from pipeline.state import StateDB, SweepRecord
+from pipeline.state import StateDB, SweepRecord, attempts, points
 
 __all__ = ["STATUS_ORDER", "SweepStatus", "classify", "failure_reason", "track_sweep"]
 
@@ -121,7 +123,6 @@ def track_sweep(state: StateDB, boinc: BoincDB, sweep: SweepRecord) -> SweepStat
     rows = {
         wu.name: wu for wu in boinc.workunit_states(sweep_name_prefix(sweep.name, sweep.version))
     }
-    attempts = {a.wu_name: a for a in state.attempts_of(sweep.id)}
     failed_ids = [
         wu.id for wu in rows.values() if wu.error_mask and not wu.error_mask & ErrorMask.CANCELLED
     ]
@@ -133,18 +134,17 @@ def track_sweep(state: StateDB, boinc: BoincDB, sweep: SweepRecord) -> SweepStat
     reasons: Counter[str] = Counter()
     point_updates: list[tuple[str, str, str | None]] = []
     finished: list[tuple[str, str, str | None]] = []
-    points = state.point_rows(sweep.id)
-    for pid, attempt, known in points:
+    current = _current_attempts(state, sweep.id)
+    for pid, attempt, known, recorded, submitted, open_outcome in current:
         if attempt == 0:
             counts["planned"] += 1
             continue
         name = wu_name(sweep.name, sweep.version, pid, attempt)
-        record = attempts.get(name)
         wu = rows.get(name)
         if known in _STICKY:
             counts[known] += 1
         elif wu is None:
-            pending = record is not None and record.submitted_at is None
+            pending = recorded and not submitted
             counts["planned" if pending else "purged"] += 1
         else:
             status = classify(wu)
@@ -156,15 +156,54 @@ def track_sweep(state: StateDB, boinc: BoincDB, sweep: SweepRecord) -> SweepStat
             target = status if status in _FINAL else "submitted"
             if target != known:
                 point_updates.append((pid, target, reason))
-            if status in _FINAL and record is not None and record.outcome is None:
+            if status in _FINAL and recorded and open_outcome:
                 finished.append((name, status, reason))
     state.set_point_states(sweep.id, point_updates)
     state.finish_attempts(finished)
     return SweepStatus(
         sweep=sweep.name,
         version=sweep.version,
-        total=len(points),
+        total=len(current),
         counts=dict(counts),
         failure_reasons=dict(reasons),
         checked_at=time.time(),
     )
+
+
+def _current_attempts(
+    state: StateDB, sweep_id: int
+) -> list[tuple[str, int, str, bool, bool, bool]]:
+    """Return, per point, (point_id, attempt, state, recorded, submitted, outcome open).
+
+    One query joins each point to the record of its current attempt (by the
+    index on ``(sweep_id, point_id)``): whether that record exists, whether the
+    workunit was confirmed on the server, and whether its outcome is still
+    unset. Older attempts are not read.
+    """
+    p, a = points, attempts
+    query = (
+        sa.select(
+            p.c.point_id,
+            p.c.attempt,
+            p.c.state,
+            a.c.wu_name.is_not(None),
+            a.c.submitted_at.is_not(None),
+            a.c.outcome.is_(None),
+        )
+        .select_from(
+            p.outerjoin(
+                a,
+                sa.and_(
+                    a.c.sweep_id == p.c.sweep_id,
+                    a.c.point_id == p.c.point_id,
+                    a.c.attempt == p.c.attempt,
+                ),
+            )
+        )
+        .where(p.c.sweep_id == sweep_id)
+    )
+    with state.engine.connect() as conn:
+        return [
+            (pid, int(att), st, bool(rec), bool(sub), bool(open_))
+            for pid, att, st, rec, sub, open_ in conn.execute(query)
+        ]
