@@ -52,6 +52,8 @@ from pipeline.state import StateDB, SweepRecord, insert_ignore, ledger, parts, s
 __all__ = ["Candidate", "Claim", "RecoveryReport", "ResultStore"]
 
 STAGING = "_staging"
+#: How many result names go into one ``IN (...)`` list of a commit.
+COMMIT_IN_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -265,26 +267,39 @@ class ResultStore:
         now = time.time()
         try:
             with self.state.engine.begin() as conn:
+                # A few statements per part, not one per result: the claims move to
+                # committed by name list (rowcount is exact for a single UPDATE on
+                # every engine), then the content hashes are set in one executemany.
                 updated = 0
-                for name in names:
+                for start in range(0, len(names), COMMIT_IN_CHUNK):
                     updated += conn.execute(
                         ledger.update()
                         .where(
-                            ledger.c.result_name == name,
+                            ledger.c.result_name.in_(names[start : start + COMMIT_IN_CHUNK]),
                             ledger.c.token == claim.token,
                             ledger.c.state == "claimed",
                         )
-                        .values(
-                            state="committed",
-                            part=part,
-                            content_hash=hashes.get(name),
-                            updated_at=now,
-                        )
+                        .values(state="committed", part=part, updated_at=now)
                     ).rowcount
                 if updated != len(names):
                     raise HarvestError(
                         f"{len(names) - updated} of {len(names)} claimed results were released "
                         "(lease expired) before the commit; nothing was written"
+                    )
+                with_hash = [
+                    {"b_name": name, "b_hash": hashes[name]}
+                    for name in names
+                    if hashes.get(name) is not None
+                ]
+                if with_hash:
+                    conn.execute(
+                        ledger.update()
+                        .where(
+                            ledger.c.result_name == sa.bindparam("b_name"),
+                            ledger.c.token == claim.token,
+                        )
+                        .values(content_hash=sa.bindparam("b_hash")),
+                        with_hash,
                     )
                 if part is not None:
                     conn.execute(
