@@ -4,9 +4,12 @@ Prints workunits/s for creation (MariaDB when reachable, and SQLite) and for the
 full cycle (creation to assimilation) in host mode, plus a smaller container-mode
 run when a Docker engine and the test busybox image are present. Targets:
 creation >= 2,000 workunits/s into MariaDB; 10,000 workunits through the full
-host-mode cycle in under 2 minutes on 2 cores.
+host-mode cycle in under 2 minutes on 2 cores. Beside each cycle's wall time it
+prints the load average and the CPU seconds per workunit of the daemon process and
+of the jobs (less noisy than wall time on a shared machine), and the wall time an
+idle machine would need from them.
 
-    python bench/emulator.py [--n 10000] [--containers 5]
+    python bench/emulator.py [--n 10000] [--hosts 16] [--parallel 8] [--containers 5]
 """
 
 from __future__ import annotations
