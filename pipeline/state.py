@@ -548,8 +548,8 @@ class StateDB:
         if not rows:
             return
         cond = sa.and_(points.c.sweep_id == sweep_id, points.c.point_id == sa.bindparam("b_point"))
-        if keep:
-            cond = sa.and_(cond, points.c.state.not_in(list(keep)))
+        for state in keep:  # plain comparisons: executemany cannot expand an IN list
+            cond = sa.and_(cond, points.c.state != state)
         stmt = (
             points.update()
             .where(cond)

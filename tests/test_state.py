@@ -157,3 +157,14 @@ def test_unreachable_state_database_is_a_recoverable_error(url: str) -> None:
     with pytest.raises(StateUnavailable, match="unreachable") as err:
         StateDB(url)
     assert err.value.recoverable
+
+
+def test_set_point_states_keeps_sticky_states(db: StateDB) -> None:
+    sweep = _register(db)
+    db.add_points(sweep, [("a" * 16, "{}"), ("b" * 16, "{}")])
+    db.set_point_states(sweep, [("a" * 16, "harvested", None)])
+    # A stale writer that read the points before the harvest must not undo it.
+    db.set_point_states(
+        sweep, [("a" * 16, "done", None), ("b" * 16, "done", None)], keep=["harvested", "lost"]
+    )
+    assert db.point_counts(sweep) == {"harvested": 1, "done": 1}
