@@ -158,7 +158,7 @@ def track_sweep(state: StateDB, boinc: BoincDB, sweep: SweepRecord) -> SweepStat
                 point_updates.append((pid, target, reason))
             if status in _FINAL and recorded and open_outcome:
                 finished.append((name, status, reason))
-    state.set_point_states(sweep.id, point_updates)
+    state.set_point_states(sweep.id, point_updates, keep=_STICKY)
     state.finish_attempts(finished)
     return SweepStatus(
         sweep=sweep.name,
