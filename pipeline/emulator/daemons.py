@@ -36,6 +36,7 @@ Times written to the database come from :class:`Clock`, which runs
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -322,7 +323,7 @@ class Daemons:
         self._window: list[tuple[int, int]] = []
         self._window_time = 0.0
         self._parsed_files: dict[bytes, list[_InputFile]] = {}
-        self._container_app: dict[str, bool] = {}
+        self._sniffed: dict[tuple[str, bytes], bool] = {}
         self._checked_namespaces = False
         self._launcher = runner.Launcher()
         weakref.finalize(self, self._launcher.close)
@@ -813,7 +814,7 @@ class Daemons:
         shared = slot / "shared"
         os.makedirs(shared / "results")
         made = {"shared", "shared/results"}
-        container = False
+        loads_image = host_image = False
         for item in self._input_files(a.wu_xml_doc):
             if not item.open_name:
                 continue
@@ -831,7 +832,10 @@ class Daemons:
                 )
                 return
             if item.open_name == "shared/boinc_app":
-                container = self._is_container_app(item.name, src)
+                loads_image = self._loads_image(item.name, src)
+            elif item.open_name.startswith("shared/image/image_"):
+                host_image = host_image or self._is_host_mode_image(item.name, src)
+        container = loads_image and not host_image
         if not self._checked_namespaces:
             runner.check_namespaces()
             self._checked_namespaces = True
@@ -852,14 +856,28 @@ class Daemons:
             files = self._parsed_files[xml_doc] = _wu_files(xml_doc)
         return files
 
-    def _is_container_app(self, name: str, path: Path) -> bool:
+    def _loads_image(self, name: str, path: Path) -> bool:
         """Whether a staged ``boinc_app`` loads an image (staged files never change)."""
-        known = self._container_app.get(name)
+        return self._sniff(name, path, b"docker load")
+
+    def _is_host_mode_image(self, name: str, path: Path) -> bool:
+        """Whether a staged image file is an emulator host-mode marker (run with the shim)."""
+        return self._sniff(name, path, runner.HOST_MODE_LABEL.encode())
+
+    def _sniff(self, name: str, path: Path, needle: bytes) -> bool:
+        key = (name, needle)
+        known = self._sniffed.get(key)
         if known is None:
-            if len(self._container_app) >= 4096:
-                self._container_app.clear()
-            known = b"docker load" in path.read_bytes()
-            self._container_app[name] = known
+            if len(self._sniffed) >= 4096:
+                self._sniffed.clear()
+            data = path.read_bytes()
+            if name.endswith(".gz"):
+                try:
+                    data = gzip.decompress(data)
+                except (OSError, EOFError):
+                    data = b""
+            known = needle in data
+            self._sniffed[key] = known
         return known
 
     def _reap(self, block: bool) -> bool:

@@ -17,7 +17,8 @@ tab-separated line per message:
 
 Each job: a new session, stdout and stderr to ``<slot>/stderr.txt``, stdin from
 ``/dev/null``; in host mode a mount namespace of its own (``unshare(CLONE_NEWNS)``,
-``/`` made private) with the slot bind-mounted onto ``/root/shared``; then
+``/`` made private) with the slot bind-mounted onto ``/root/shared`` and
+:data:`DOCKER_SHIM` first on its PATH (as ``<slot>/emulator-bin/docker``); then
 ``/bin/sh -c JOB_SCRIPT`` in ``/root/shared``. When stdin closes, remaining jobs
 are killed and the process exits; if this process is killed, each job's first
 process gets SIGKILL (parent-death signal) and the emulator kills the rest.
@@ -54,6 +55,91 @@ JOB_ENV = {
     "LANG": "C.UTF-8",
 }
 
+#: Label in the image config of an emulator host-mode image (marker layer and image files
+#: written by the emulator's ``bin/boinc2docker_create_work.py``, which repeats it).
+HOST_MODE_LABEL = "org.boinc-pipeline.emulator.host-mode"
+
+#: Where a host-mode job finds the shim: ``<slot>/emulator-bin/docker``, first on its PATH.
+SHIM_DIR = b"emulator-bin"
+
+#: ``docker`` inside a host-mode job (POSIX sh). Images are not loaded: ``load``
+#: reads and discards its input; ``images``/``ps``/``inspect`` print harmless
+#: output; ``run [--rm] [-v X:X]... [-e K=V]... [-w DIR] [--entrypoint E] IMAGE
+#: ARGS...`` runs ARGS (after E when given) on the host, in ``/`` (the default
+#: WORKDIR) or DIR, in the job's own ``/root/shared``, so ``-v
+#: /root/shared:/root/shared`` needs no mount. Anything else exits 125 (docker's
+#: status for its own errors) naming what is not supported.
+DOCKER_SHIM = r"""#!/bin/sh
+# docker for a boinc-pipeline emulator host-mode job: no engine, no image; the
+# command of "docker run" runs directly on the host, in the job's /root/shared.
+me="docker (emulator host mode)"
+fail() { echo "$me: $*" >&2; exit 125; }
+sub="${1:-}"
+[ $# -gt 0 ] && shift
+case "$sub" in
+load)
+    cat > /dev/null
+    echo "Loaded image: emulator host mode (nothing loaded)"
+    ;;
+images)
+    echo "REPOSITORY   TAG   IMAGE ID   CREATED   SIZE"
+    ;;
+ps)
+    echo "CONTAINER ID   IMAGE   COMMAND   CREATED   STATUS   PORTS   NAMES"
+    ;;
+inspect)
+    echo "[]"
+    ;;
+run)
+    entry=
+    has_entry=
+    workdir=/
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --rm|-i|-t|-it|--init) shift ;;
+        -v|--volume)
+            [ $# -ge 2 ] || fail "option $1 needs a value"
+            vol="$2"; shift 2 ;;
+        --volume=*) vol="${1#--volume=}"; shift ;;
+        -e|--env)
+            [ $# -ge 2 ] || fail "option $1 needs a value"
+            export "$2" || fail "bad -e value: $2"; shift 2 ;;
+        --env=*) export "${1#--env=}" || fail "bad --env value: $1"; shift ;;
+        -w|--workdir)
+            [ $# -ge 2 ] || fail "option $1 needs a value"
+            workdir="$2"; shift 2 ;;
+        --workdir=*) workdir="${1#--workdir=}"; shift ;;
+        --entrypoint)
+            [ $# -ge 2 ] || fail "option $1 needs a value"
+            entry="$2"; has_entry=1; shift 2 ;;
+        --entrypoint=*) entry="${1#--entrypoint=}"; has_entry=1; shift ;;
+        --) shift; break ;;
+        -*) fail "docker run option $1 is not supported" ;;
+        *) break ;;
+        esac
+        case "${vol:-}" in
+        "") ;;
+        *)
+            src="${vol%%:*}"; rest="${vol#*:}"; dst="${rest%%:*}"
+            [ "$src" = "$dst" ] || fail "-v $vol: only a folder on itself (-v X:X) is supported"
+            vol= ;;
+        esac
+    done
+    [ $# -gt 0 ] || fail "docker run needs an image"
+    shift
+    cd "$workdir" || fail "no working directory $workdir"
+    if [ -n "$has_entry" ] && [ -n "$entry" ]; then
+        exec "$entry" "$@"
+    fi
+    [ $# -gt 0 ] || fail "docker run needs a command (an image's own CMD is not known)"
+    exec "$@"
+    ;;
+*)
+    fail "docker ${sub:-(no command)} is not supported"
+    ;;
+esac
+"""
+
 _CLONE_NEWNS = 0x00020000
 _MS_BIND = 4096
 _MS_REC = 16384
@@ -76,6 +162,12 @@ def _child(libc: ctypes.CDLL, slot: bytes, flags: str) -> None:
         if "n" in flags:
             env["EMULATOR_NO_OUTPUT"] = "1"
         if "c" not in flags:
+            shim_dir = slot + b"/" + SHIM_DIR
+            os.makedirs(shim_dir, exist_ok=True)
+            shim = os.open(shim_dir + b"/docker", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+            os.write(shim, DOCKER_SHIM.encode())
+            os.close(shim)
+            env["PATH"] = os.fsdecode(shim_dir) + ":" + env["PATH"]
             for ret, what in (
                 (lambda: libc.unshare(_CLONE_NEWNS), "unshare"),
                 (lambda: libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount /"),

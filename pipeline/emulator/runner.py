@@ -38,7 +38,7 @@ from typing import IO
 from pipeline.emulator import launcher as _launcher
 from pipeline.errors import ConfigError
 
-__all__ = ["SHARED", "Launcher", "RunningJob", "check_namespaces", "finish"]
+__all__ = ["HOST_MODE_LABEL", "SHARED", "Launcher", "RunningJob", "check_namespaces", "finish"]
 
 SHARED = Path("/root/shared")
 LOCK_PATH = Path("/run/lock/boinc-emulator-shared.lock")
@@ -61,6 +61,8 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 #: What the VM runs (see :mod:`pipeline.emulator.launcher`).
 JOB_SCRIPT = _launcher.JOB_SCRIPT
 JOB_ENV = _launcher.JOB_ENV
+#: The label of an emulator host-mode image (see :mod:`pipeline.emulator.launcher`).
+HOST_MODE_LABEL = _launcher.HOST_MODE_LABEL
 
 
 def _check(ret: int, what: str) -> None:

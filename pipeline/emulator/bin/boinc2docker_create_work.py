@@ -16,8 +16,10 @@ only bin/create_work's own failure gives a non-zero status.
 Images (``<emulator_image_mode>`` in config.xml):
   docker  the image is exported from the local Docker engine (bin/emulator_export_image)
           into layer files; a missing image or engine is a docker step failure.
-  host    no engine is used: a marker image file is staged and the workunit's
-          boinc_app runs the command directly on the host (in its own /root/shared).
+  host    no engine is used: a marker image (one tiny layer file and an image file,
+          labelled as an emulator host-mode image) is staged; the emulator's hosts
+          give such jobs a docker shim that runs the command directly on the host
+          (in the job's own /root/shared).
   auto    docker when the engine has the image, host otherwise (the default).
 ``<emulator_b2d_fail>`` in config.xml reproduces the silent failure on every call.
 """
@@ -97,13 +99,20 @@ def _gzip_n(data):
 
 
 def _tar(members):
+    """A plain tar of ``(name, bytes)`` members; ``None`` instead of bytes is a folder."""
     buf = io.BytesIO()
-    tar = tarfile.open(fileobj=buf, mode="w")
+    tar = tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT)
     for name, data in members:
         info = tarfile.TarInfo(name)
-        info.size = len(data)
         info.mtime = 0
-        tar.addfile(info, io.BytesIO(data))
+        if data is None:
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tar.addfile(info)
+        else:
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
     tar.close()
     return buf.getvalue()
 
@@ -137,17 +146,63 @@ def _to_text(value):
 
 # ------------------------------------------------------------------ image staging
 
+#: Label (and comment) that marks an emulator host-mode image; the emulator's hosts
+#: look for it in the image file (pipeline/emulator/daemons.py, HOST_MODE_LABEL).
+HOST_MODE_LABEL = "org.boinc-pipeline.emulator.host-mode"
+
+
+def _json(value):
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def host_mode_image_files(image):
+    """Return ``(image_id, [(file name, bytes)])``: a marker image shaped like a real one.
+
+    One layer file (a folder with ``layer.tar``, ``json`` and ``VERSION``, as
+    ``docker save`` writes the legacy layout) and one image file (``<id>.json``,
+    ``manifest.json``, ``repositories``), each a tar compressed with ``gzip -n``.
+    The layer holds a single note; the image config carries HOST_MODE_LABEL.
+    Everything is a pure function of the image name, so it is staged once.
+    """
+    note = ("boinc-pipeline emulator host mode: image %s is not loaded; the job's "
+            "command runs on the host\n" % image).encode("utf-8")
+    layer_tar = _tar([(".emulator-host-mode", note)])
+    diff_id = "sha256:" + hashlib.sha256(layer_tar).hexdigest()
+    comment = "boinc-pipeline emulator host-mode image (marker, not a real image)"
+    config = _json({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "comment": comment,
+        "config": {"Labels": {HOST_MODE_LABEL: "true", "image": image}, "Cmd": None},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    })
+    image_id = hashlib.sha256(config).hexdigest()
+    layer_id = hashlib.sha256(("emulator-host-mode-layer:" + diff_id).encode("utf-8")).hexdigest()
+    layer_json = _json({"id": layer_id, "created": "1970-01-01T00:00:00Z", "comment": comment,
+                        "config": {"Labels": {HOST_MODE_LABEL: "true"}}, "os": "linux"})
+    repo, _sep, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+    tag = tag or "latest"
+    manifest = _json([{"Config": image_id + ".json", "RepoTags": [repo + ":" + tag],
+                       "Layers": [layer_id + "/layer.tar"]}])
+    layer_file = _gzip_n(_tar([(layer_id, None),
+                               (layer_id + "/VERSION", b"1.0"),
+                               (layer_id + "/json", layer_json),
+                               (layer_id + "/layer.tar", layer_tar)]))
+    image_file = _gzip_n(_tar([(image_id + ".json", config),
+                               ("manifest.json", manifest),
+                               ("repositories", _json({repo: {tag: layer_id}}))]))
+    return image_id, [("layer_%s.tar.manual.gz" % layer_id, layer_file),
+                      ("image_%s.tar.manual.gz" % image_id, image_file)]
+
+
 def _host_mode_image(cfg, image):
-    image_id = hashlib.sha256(("emulator-host-mode:" + image).encode("utf-8")).hexdigest()
-    name = "image_%s.tar.manual.gz" % image_id
-    if not os.path.exists(_staged_path(cfg, name)):
-        config = json.dumps({"emulator_host_mode": True, "image": image}).encode("utf-8")
-        manifest = json.dumps(
-            [{"Config": image_id + ".json", "RepoTags": [image], "Layers": []}]).encode("utf-8")
-        _stage(cfg, name, _gzip_n(_tar([(image_id + ".json", config),
-                                         ("manifest.json", manifest),
-                                         ("repositories", b"{}")])))
-    return {"mode": "host", "image_id": image_id, "size": 0, "files": [name]}
+    image_id, files = host_mode_image_files(image)
+    for name, data in files:
+        if not os.path.exists(_staged_path(cfg, name)):
+            _stage(cfg, name, data)
+    return {"mode": "host", "image_id": image_id, "size": 0,
+            "files": [name for name, _data in files]}
 
 
 def _docker_image(cfg, image):
@@ -186,38 +241,27 @@ def resolve_image(cfg, image, force_reimport=False):
 # ------------------------------------------------------------------ per-job files
 
 def _boinc_app(info, image, command, entrypoint, prerun, postrun):
-    lines = ["#!/bin/sh", "set -e", ""]
+    """The job's script, the same in every image mode (host mode's hosts provide a docker shim)."""
     args = shell_quote([image] + list(command or []))
-    if info["mode"] == "docker":
-        lines += [
-            "# load the image from its staged layer files",
-            "cd /root/shared/image",
-            'for f in *.tar.manual.gz; do gunzip -c "$f" > "${f%.manual.gz}"; done',
-            "rm -rf /root/shared/image/load && mkdir -p /root/shared/image/load",
-            'for t in *.tar; do tar xf "$t" -C /root/shared/image/load; done',
-            "tar cf - -C /root/shared/image/load . | docker load",
-            "rm -rf /root/shared/image/load /root/shared/image/*.tar",
-            "echo \"boinc_app: image %s loaded\"" % info["image_id"][:12],
-            "cd /",
-        ]
-    else:
-        lines += [
-            "# emulator host mode: the image is not loaded; the command runs on the host",
-            "echo \"boinc_app: host mode, image %s not loaded\"" % info["image_id"][:12],
-            "cd /",
-        ]
+    run = ["docker", "run", "--rm", "-v", "/root/shared:/root/shared"]
+    if entrypoint:
+        run += ["--entrypoint", shell_quote([entrypoint])[0]]
+    lines = [
+        "#!/bin/sh",
+        "set -e",
+        "",
+        "# load the image from its staged layer files",
+        "cd /root/shared/image",
+        'for f in *.tar.manual.gz; do gunzip -c "$f" > "${f%.manual.gz}"; done',
+        "rm -rf /root/shared/image/load && mkdir -p /root/shared/image/load",
+        'for t in *.tar; do tar xf "$t" -C /root/shared/image/load; done',
+        "tar cf - -C /root/shared/image/load . | docker load",
+        "rm -rf /root/shared/image/load /root/shared/image/*.tar",
+        "echo \"boinc_app: image %s loaded\"" % info["image_id"][:12],
+        "cd /",
+    ]
     lines += _lines(prerun)
-    if info["mode"] == "docker":
-        run = ["docker", "run", "--rm", "-v", "/root/shared:/root/shared"]
-        if entrypoint:
-            run += ["--entrypoint", shell_quote([entrypoint])[0]]
-        lines.append(" ".join(run + args))
-    else:
-        host = ([shell_quote([entrypoint])[0]] if entrypoint else []) + args[1:]
-        if not host:
-            lines.append("echo 'boinc_app: host mode needs a command' >&2; exit 1")
-        else:
-            lines.append(" ".join(host))
+    lines.append(" ".join(run + args))
     lines += _lines(postrun)
     return "\n".join(lines) + "\n"
 
