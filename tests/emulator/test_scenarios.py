@@ -298,7 +298,7 @@ def test_slow_host_reports_late(project: Project) -> None:
         S.OVER,
         O.SUCCESS,
         C.FILES_UPLOADED,
-    )
+    ), rows[0].stderr_out
     assert wu_row(project, "slow").assimilate_state == A.DONE
 
 

@@ -221,8 +221,9 @@ def test_b2d_prints_name_only_without_wu_name_and_layout(project: Project) -> No
     opens = [part.split("</open_name>")[0] for part in doc.split("<open_name>")[1:]]
     assert opens[0] == "vbox_job.xml"
     assert opens[1] == "shared/boinc_app"
-    assert opens[2].startswith("shared/image/image_")
-    assert opens[2].endswith(".tar.manual.gz")
+    assert opens[2].startswith("shared/image/layer_")
+    assert opens[3].startswith("shared/image/image_")
+    assert all(o.endswith(".tar.manual.gz") for o in opens[2:])
     assert "<sticky/>\n    <no_delete/>" in doc
     assert (wu.min_quorum, wu.target_nresults) == (2, 2)
 
