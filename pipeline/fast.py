@@ -312,7 +312,8 @@ def image_files_from_xml_doc(xml_doc: bytes | str, source: str = "") -> ImageFil
     """Read the image's layer and image files (open names ``shared/image/...``) from an ``xml_doc``.
 
     Raises ConfigError when there is no layer file: such a workunit does not
-    load a real image (the emulator's host image mode stages a marker only).
+    load an image the way boinc2docker's ``boinc_app`` does (the emulator's host
+    image mode stages a marker image with one layer, so it passes).
     """
     text = xml_doc.decode("utf-8") if isinstance(xml_doc, bytes) else xml_doc
     # xml_doc is written by create_work from our own template, not by outsiders.
@@ -333,8 +334,8 @@ def image_files_from_xml_doc(xml_doc: bytes | str, source: str = "") -> ImageFil
         raise ConfigError(
             f"workunit {source or '?'} loads no image layers (files: "
             f"{', '.join(f.name for f in files) or 'none'}): fast mode writes boinc2docker's "
-            "own boinc_app, which needs the image's layer files; if this is the emulator, "
-            "use its docker image mode"
+            "own boinc_app, which needs the image's layer files; use submit mode 'batch' "
+            "for this server"
         )
     return ImageFiles(tuple(files), source)
 
