@@ -7,8 +7,11 @@ import io
 import json
 import tarfile
 
+import pytest
+
 from pipeline import boinc
 from pipeline.emulator import Daemons, Project
+from pipeline.errors import ConfigError
 from pipeline.fast import boinc_app_script, image_files_from_xml_doc
 
 from .conftest import b2d, result_rows, wu_row
@@ -111,3 +114,13 @@ def test_real_style_boinc_app_runs_in_host_mode(project: Project) -> None:
     )
     assert outcome["no_command"].exit_status == 125
     assert b"needs a command" in outcome["no_command"].stderr_out
+
+
+def test_fast_mode_still_refuses_an_image_without_layers() -> None:
+    doc = (
+        "<file_info>\n<name>image_ab.tar.manual.gz</name>\n<sticky/>\n</file_info>\n"
+        "<workunit>\n<file_ref>\n<file_name>image_ab.tar.manual.gz</file_name>\n"
+        "<open_name>shared/image/image_ab.tar.manual.gz</open_name>\n</file_ref>\n</workunit>\n"
+    )
+    with pytest.raises(ConfigError, match=r"wu1 loads no image layers .*image_ab\.tar\.manual\.gz"):
+        image_files_from_xml_doc(doc, "wu1")
