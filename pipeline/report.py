@@ -48,6 +48,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.errors import ConfigError
+from pipeline.harvest import META_COLUMNS
+from pipeline.track import STATUS_ORDER
 
 __all__ = [
     "MAX_OUTPUT_FIGURES",
@@ -60,20 +62,8 @@ __all__ = [
     "write_report",
 ]
 
-#: Point states in display order (the same order ``pipeline.track`` uses).
-STATE_ORDER = (
-    "planned",
-    "queued",
-    "running",
-    "done",
-    "harvested",
-    "failed",
-    "exhausted",
-    "cancelled",
-    "lost",
-    "bad_output",
-    "purged",
-)
+#: Point states in display order (tracking's order).
+STATE_ORDER = STATUS_ORDER
 
 #: One colour per state, used in the table and the charts.
 STATE_COLOURS = {
@@ -94,21 +84,6 @@ _OTHER_COLOUR = "#cccccc"
 #: States whose points count as failures in the failure-reason section.
 FAILURE_STATES = ("failed", "exhausted", "lost", "bad_output")
 
-#: Metadata columns of result rows (the same set ``pipeline.harvest`` writes).
-META_COLUMNS = (
-    "sweep",
-    "version",
-    "point_id",
-    "attempt",
-    "wu_name",
-    "result_name",
-    "hostid",
-    "cpu_time",
-    "elapsed_time",
-    "received_time",
-    "harvested_at",
-    "source_file",
-)
 
 #: At most this many output figures (histograms and heatmaps together).
 MAX_OUTPUT_FIGURES = 12
