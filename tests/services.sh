@@ -16,6 +16,7 @@ command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_pkgs+=(busybox-static)
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
+command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "services: installing ${need_pkgs[*]}"
@@ -57,6 +58,13 @@ fi
 if command -v dockerd >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
   nohup dockerd --bridge=none --iptables=false >/tmp/boinc-pipeline-dockerd.log 2>&1 &
   wait_for docker docker info || echo "services: dockerd log: $(tail -3 /tmp/boinc-pipeline-dockerd.log)"
+fi
+
+# The worker image's build test needs a local Debian base with Python (no registry
+# here): made once with debootstrap and kept by the engine.
+if docker info >/dev/null 2>&1; then
+  sh tests/celery_workers/python_base.sh >/tmp/boinc-pipeline-python-base.log 2>&1 \
+    || echo "services: could not build the python base image, see /tmp/boinc-pipeline-python-base.log"
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
