@@ -17,12 +17,12 @@ tab-separated line per message:
 
 Each job: a new session, stdout and stderr to ``<slot>/stderr.txt``, stdin from
 ``/dev/null``; in host mode a mount namespace of its own (``unshare(CLONE_NEWNS)``,
-``/`` made private) with the slot bind-mounted onto ``/root/shared`` and
-:data:`DOCKER_SHIM` first on its PATH (as ``<slot>/emulator-bin/docker``); then
-``/bin/sh -c JOB_SCRIPT`` in ``/root/shared``. When stdin closes, remaining jobs
-are killed and the process exits; if this process is killed, each job's first
-process gets SIGKILL (parent-death signal) and the emulator kills the rest.
-Standard library only.
+``/`` made private, whatever it inherited on ``/root/shared`` unmounted) with the
+slot bind-mounted onto ``/root/shared`` and :data:`DOCKER_SHIM` first on its
+PATH (as ``<slot>/emulator-bin/docker``); then ``/bin/sh -c JOB_SCRIPT`` in
+``/root/shared``. When stdin closes, remaining jobs are killed and the process
+exits; if this process is killed, each job's first process gets SIGKILL
+(parent-death signal) and the emulator kills the rest. Standard library only.
 """
 
 from __future__ import annotations
@@ -144,7 +144,34 @@ _CLONE_NEWNS = 0x00020000
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
+_MNT_DETACH = 2
+_EINVAL = 22
 _PR_SET_PDEATHSIG = 1
+
+
+def _check(ret: int, what: str) -> None:
+    """Raise OSError (with errno) when a libc call returned non-zero."""
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _clear_shared(libc: ctypes.CDLL) -> None:
+    """Unmount, in the job's own namespace, every mount it inherited on /root/shared.
+
+    Another emulator's container job binds its slot onto the host's /root/shared;
+    a job started meanwhile copies that mount. Binding on top of it would make the
+    job's /root/shared sit on the other slot's folder, and when that slot is removed
+    the kernel detaches every mount on it in every namespace: the job would lose its
+    working folder and its files while running.
+    """
+    for _ in range(64):
+        if libc.umount2(SHARED, _MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err == _EINVAL:  # not a mount point (any more)
+                return
+            raise OSError(err, f"umount {SHARED.decode()}: {os.strerror(err)}")
+    raise OSError(0, f"umount {SHARED.decode()}: still mounted after 64 unmounts")
 
 
 def _child(libc: ctypes.CDLL, slot: bytes, flags: str) -> None:
@@ -168,14 +195,10 @@ def _child(libc: ctypes.CDLL, slot: bytes, flags: str) -> None:
             os.write(shim, DOCKER_SHIM.encode())
             os.close(shim)
             env["PATH"] = os.fsdecode(shim_dir) + ":" + env["PATH"]
-            for ret, what in (
-                (lambda: libc.unshare(_CLONE_NEWNS), "unshare"),
-                (lambda: libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount /"),
-                (lambda: libc.mount(slot + b"/shared", SHARED, None, _MS_BIND, None), "mount"),
-            ):
-                if ret() != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"{what}: {os.strerror(err)}")
+            _check(libc.unshare(_CLONE_NEWNS), "unshare")
+            _check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount /")
+            _clear_shared(libc)
+            _check(libc.mount(slot + b"/shared", SHARED, None, _MS_BIND, None), "mount")
         os.chdir(SHARED)
         os.execve("/bin/sh", ["/bin/sh", "-c", JOB_SCRIPT], env)  # noqa: S606
     except BaseException as exc:
@@ -193,6 +216,7 @@ def main() -> int:
         ctypes.c_ulong,
         ctypes.c_void_p,
     ]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 import time
 from collections.abc import Iterator
@@ -150,3 +151,42 @@ def test_a_dead_launcher_fails_its_jobs_and_is_restarted(
     job2.wait()
     assert job2.status == 0
     assert _members(again) == {"ok": b"ok\n"}
+
+
+def test_a_job_outlives_another_emulators_container_job(
+    launcher: runner.Launcher, tmp_path: Path
+) -> None:
+    # Another emulator (its own launcher) runs a container-mode job: its slot is
+    # bound onto the host's /root/shared while a host-mode job starts here. When
+    # that job ends, its slot is unmounted and removed; the host-mode job must
+    # keep its own /root/shared (it used to lose its working folder and files).
+    go = tmp_path / "go"
+    wait_go = f"n=0; while [ ! -e {go} ] && [ $n -lt 400 ]; do sleep 0.025; n=$((n+1)); done\n"
+    other = runner.Launcher()
+    try:
+        held = _slot(tmp_path / "other", "c", wait_go)
+        container_job = other.start(held, container=True)
+        mine = _slot(
+            tmp_path,
+            "h",
+            "echo started > /root/shared/started\n"
+            + wait_go
+            + "sleep 0.2\n"
+            + "pwd -P > /root/shared/results/pwd.txt\n"
+            + "cat /root/shared/id > /root/shared/results/id.txt\n",
+        )
+        (mine / "shared" / "id").write_text("mine\n")
+        job = launcher.start(mine, container=False)
+        deadline = time.monotonic() + 10
+        while not (mine / "shared" / "started").exists() and time.monotonic() < deadline:
+            assert not job.poll(), (mine / "stderr.txt").read_text()
+            time.sleep(0.02)
+        go.touch()
+        container_job.wait()
+        assert container_job.status == 0, (held / "stderr.txt").read_text()
+        shutil.rmtree(held)  # what the other emulator does with a finished slot
+    finally:
+        other.close()
+    job.wait()
+    assert job.status == 0, (mine / "stderr.txt").read_text()
+    assert _members(mine) == {"pwd.txt": b"/root/shared\n", "id.txt": b"mine\n"}
