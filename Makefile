@@ -31,7 +31,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) services lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 test-fast: $(STAMP) services lint typecheck
 	$(BIN)/python -m pytest -m "not slow"
