@@ -39,12 +39,11 @@ the stock script's workunits (``docs/fast-mode.md``).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -484,24 +483,14 @@ def _example_xml_doc(ctx: SubmitContext, spec: SweepSpec) -> tuple[str, bytes] |
 
 
 def _seed(ctx: SubmitContext, spec: SweepSpec, wu: PlannedWorkunit) -> list[str]:
-    """Create one workunit with the stock boinc2docker function, as ``batch`` mode does."""
-    from pipeline.submit import _batch_job, batch_driver_source
+    """Create one workunit with the stock boinc2docker function, as ``batch`` mode does.
 
-    feed = (json.dumps(_batch_job(spec, wu)) + "\n").encode("utf-8")
-    res = ctx.transport.run(
-        [ctx.python, "-c", batch_driver_source()], stdin=feed, timeout=ctx.timeout, check=False
-    )
-    outputs = []
-    for line in res.stdout.decode("utf-8", "replace").splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        outputs.append(f"{item.get('wu_name')}: {str(item.get('output', '')).strip()[-500:]}")
-    if res.exit_code != 0:
-        err = res.stderr.decode("utf-8", "replace").strip()
-        outputs.append(f"batch driver exited {res.exit_code}: {err[-1000:]}")
-    return outputs
+    Progress is not reported here: :func:`create_fast` counts the seed once it is
+    found in the database.
+    """
+    from pipeline.submit import _create_batch
+
+    return _create_batch(replace(ctx, on_progress=None), spec, [wu])
 
 
 def _stage_shared(ctx: SubmitContext, layout: ServerLayout, files: dict[str, bytes]) -> None:
