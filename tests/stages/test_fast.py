@@ -1,4 +1,9 @@
-"""Fast mode against the emulator (docker image mode): equivalence with batch, resume, kill -9."""
+"""Fast mode against the emulator: equivalence with batch, resume, kill -9.
+
+These tests run the emulator in docker image mode (each job loads its image into the
+real Docker engine). Fast mode works against host image mode too: its boinc2docker
+``boinc_app`` runs through the emulator's ``docker`` shim (tests/emulator/test_host_mode.py).
+"""
 
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ _COLUMNS = (
 
 @pytest.fixture
 def dbench(tmp_path: Path, sqlite_url: str, busybox_image: str) -> Iterator[Bench]:
-    """An emulated server in docker image mode (fast mode writes boinc2docker's own boinc_app)."""
+    """An emulated server in docker image mode, so jobs run in the real Docker engine."""
     b = make_bench(tmp_path, sqlite_url, f"sqlite:///{tmp_path / 'state.sqlite'}")
     b.project.set_image_mode("docker")
     yield b
