@@ -75,10 +75,11 @@ def run_demo(
         check=True,
         stdout=subprocess.DEVNULL,
     )
+    log = (data / "emulator.log").open("wb")  # noqa: SIM115 (closed when the daemons stop)
     daemons = subprocess.Popen(
         [*cli, "emulator", "run", str(project), "--hosts", "4", "--faults", FAULTS],
         stdout=subprocess.DEVNULL,
-        stderr=open(data / "emulator.log", "wb"),  # noqa: SIM115 (closed with the process)
+        stderr=log,
     )
     settings = Settings(
         state_url=f"sqlite:///{(data / 'state.sqlite').resolve()}",
@@ -99,6 +100,8 @@ def run_demo(
             daemons.wait(timeout=20)
         except subprocess.TimeoutExpired:
             daemons.kill()
+            daemons.wait()
+        log.close()
     console.print(f"demo finished in {time.monotonic() - started:.1f} s")
     console.print(
         "Look around (with .venv/bin on your PATH):\n"
