@@ -75,7 +75,7 @@ def run_demo(
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    log = (data / "emulator.log").open("wb")  # noqa: SIM115 (closed when the daemons stop)
+    log = (data / "emulator.log").open("wb")  # closed once the daemons have stopped
     daemons = subprocess.Popen(
         [*cli, "emulator", "run", str(project), "--hosts", "4", "--faults", FAULTS],
         stdout=subprocess.DEVNULL,
