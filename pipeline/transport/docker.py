@@ -118,6 +118,8 @@ class DockerProcess(Process):
                     remaining -= len(data)
                     view = memoryview(data)
                     while view:
+                        if self._terminated and target == self._out_w:
+                            break  # nobody reads stdout after a kill: drop it
                         written = os.write(target, view)
                         view = view[written:]
         except OSError:
@@ -164,9 +166,23 @@ class DockerProcess(Process):
         # from finishing other execs in the container, the killer included.
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
+        self._drain_stdout()
         if self.remote_ids is not None:
             pid, pgid = self.remote_ids
             self.transport.kill_remote(pid, pgid, self.user)
+
+    def _drain_stdout(self) -> None:
+        """Empty the stdout pipe once, so a demultiplexer blocked writing to it moves on."""
+        fd = self._out.fileno()
+        try:
+            os.set_blocking(fd, False)
+            while os.read(fd, 65536):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, True)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
