@@ -16,14 +16,18 @@ assimilation, in progress, unsent, not yet transitioned, failed, cancelled).
 
 Measured, median of ``--runs`` runs each, after one warm-up:
 
-- ``BoincDB.workunit_states(prefix)``, the one query per sweep that tracking runs;
+- ``BoincDB.workunit_classes(prefix)``, the one query per sweep that tracking
+  runs (each workunit's state decided by the server), and
+  ``BoincDB.workunit_states(prefix)`` (per-workunit result counts, which
+  harvesting and cancellation read);
 - ``track_sweep`` end to end, with a SQLite state database holding the sweep's
   points and attempts as ``pipeline.submit`` leaves them (first run: every
   point changes state; later runs: steady state);
 - the best hand-written SQL for the same answers, through the bare DB-API
   cursor: the per-workunit rows (name range on the unique index, join to
-  ``result`` by ``workunitid``, GROUP BY) and the per-state counts computed
-  entirely in SQL.
+  ``result`` by ``workunitid``, GROUP BY), the per-workunit states (the
+  ``classify`` rules in a CASE) and the per-state counts computed entirely in
+  SQL (the least any client can transfer, though it tells no point's state).
 
 Where: by default a private MariaDB server (the same ``mariadbd`` binary as the
 shared one) is started for the run in a temporary folder on a free port, with
@@ -329,10 +333,14 @@ def run(args: argparse.Namespace, url: str, engine: Any, tmp: Path) -> int:
 
     # -- EXPLAINs ------------------------------------------------------------
     with engine.connect() as conn:
-        q = boinc.workunit_states_query().params(pattern=like_prefix(prefix))
-        sql = str(q.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        literal = {"literal_binds": True}
+        q = boinc.workunit_classes_query().params(pattern=like_prefix(prefix))
+        sql = str(q.compile(dialect=conn.dialect, compile_kwargs=literal))
+        q2 = boinc.workunit_states_query().params(pattern=like_prefix(prefix))
+        sql2 = str(q2.compile(dialect=conn.dialect, compile_kwargs=literal))
         for title, text in (
-            ("workunit_states", sql.replace("%%", "%")),
+            ("workunit_classes", sql.replace("%%", "%")),
+            ("workunit_states", sql2.replace("%%", "%")),
             ("hand-written rows", HAND_ROWS % {k: f"'{v}'" for k, v in bounds.items()}),
             ("hand-written states", HAND_STATES % {k: f"'{v}'" for k, v in bounds.items()}),
             ("hand-written counts", HAND_COUNTS % {k: f"'{v}'" for k, v in bounds.items()}),
@@ -374,9 +382,14 @@ def run(args: argparse.Namespace, url: str, engine: Any, tmp: Path) -> int:
     t_rows, rows = median_time(hand_rows, args.runs)
     t_hstates, hstates = median_time(hand_states, args.runs)
     t_counts, counts = median_time(hand_counts, args.runs)
+    t_classes, classes = median_time(lambda: boinc.workunit_classes(prefix), args.runs)
     t_states, states = median_time(lambda: boinc.workunit_states(prefix), args.runs)
     raw.close()
-    assert len(rows) == len(states) == len(hstates) == n_sweep, (len(rows), len(states), n_sweep)
+    assert len(rows) == len(states) == len(hstates) == len(classes) == n_sweep, (
+        len(rows),
+        len(states),
+        n_sweep,
+    )
 
     # -- track_sweep end to end ----------------------------------------------
     state = StateDB(f"sqlite:///{tmp / 'state.sqlite'}")
@@ -406,10 +419,14 @@ def run(args: argparse.Namespace, url: str, engine: Any, tmp: Path) -> int:
     print(f"  hand-written SQL, per-workunit states: {t_hstates * 1000:8.1f} ms")
     print(f"  hand-written SQL, per-state counts:    {t_counts * 1000:8.1f} ms")
     per_wu = min(t_rows, t_hstates)
-    print(
-        f"  BoincDB.workunit_states:               {t_states * 1000:8.1f} ms "
-        f"({t_states / per_wu:.2f}x best per-workunit SQL, {t_states / t_counts:.2f}x counts SQL)"
-    )
+    for label, took in (
+        ("BoincDB.workunit_classes:", t_classes),
+        ("BoincDB.workunit_states: ", t_states),
+    ):
+        print(
+            f"  {label}              {took * 1000:8.1f} ms "
+            f"({took / per_wu:.2f}x best per-workunit SQL, {took / t_counts:.2f}x counts SQL)"
+        )
     print(f"  track_sweep, first run (all updated):  {t_first * 1000:8.1f} ms")
     print(
         f"  track_sweep, steady state:             {t_track * 1000:8.1f} ms "

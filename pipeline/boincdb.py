@@ -17,10 +17,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipeline.boinc import ServerState, app, result, workunit
+from pipeline.boinc import AssimilateState, ErrorMask, ServerState, app, result, workunit
 from pipeline.errors import ConnectError, ServerError
 
-__all__ = ["BoincDB", "ResultRow", "WorkunitRow", "like_prefix"]
+__all__ = [
+    "WORKUNIT_CLASSES",
+    "BoincDB",
+    "ResultRow",
+    "WorkunitClass",
+    "WorkunitRow",
+    "like_prefix",
+]
 
 #: How many names go into one ``IN (...)`` list.
 IN_CHUNK = 1000
@@ -44,6 +51,20 @@ class WorkunitRow:
     n_unsent: int
     n_in_progress: int
     n_over: int
+
+
+#: The states :meth:`BoincDB.workunit_classes` computes in SQL, by their codes (0, 1, ...).
+WORKUNIT_CLASSES = ("queued", "running", "done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class WorkunitClass:
+    """One workunit's state as the database computed it: its id, name, error_mask and state."""
+
+    id: int
+    name: str
+    error_mask: int
+    state: str
 
 
 @dataclass(frozen=True)
@@ -117,6 +138,52 @@ class BoincDB:
             .select_from(workunit.outerjoin(r, r.c.workunitid == workunit.c.id))
             .where(workunit.c.name.like(sa.bindparam("pattern"), escape="\\"))
         )
+
+    def workunit_classes_query(self) -> sa.Select[Any]:
+        """The query that tracking runs per sweep: each workunit's state, decided by the server.
+
+        The ``CASE`` applies :func:`pipeline.track.classify`'s rules in the same
+        order, so one narrow row per workunit crosses the wire: the state as a
+        small code (an index into :data:`WORKUNIT_CLASSES`) beside the id, the
+        name and ``error_mask`` (which the failure reason needs). Results are
+        read only for a workunit with no error and no canonical result, through
+        ``EXISTS`` on the index on ``result.workunitid``; the workunits come from
+        the name index (bind parameter ``pattern``).
+        """
+        w = workunit
+        r = result.alias("r")
+        code = {name: i for i, name in enumerate(WORKUNIT_CLASSES)}
+        in_progress = (
+            sa.exists()
+            .where(r.c.workunitid == w.c.id, r.c.server_state == int(ServerState.IN_PROGRESS))
+            .correlate(w)
+        )
+        state = sa.case(
+            (w.c.error_mask.op("&")(int(ErrorMask.CANCELLED)) != 0, code["cancelled"]),
+            (w.c.error_mask != 0, code["failed"]),
+            (
+                w.c.canonical_resultid > 0,
+                sa.case(
+                    (w.c.assimilate_state == int(AssimilateState.DONE), code["done"]),
+                    else_=code["running"],
+                ),
+            ),
+            (in_progress, code["running"]),
+            else_=code["queued"],
+        )
+        return sa.select(w.c.id, w.c.name, w.c.error_mask, state.label("state")).where(
+            w.c.name.like(sa.bindparam("pattern"), escape="\\")
+        )
+
+    def workunit_classes(self, prefix: str) -> list[WorkunitClass]:
+        """Return the state of every workunit whose name starts with ``prefix``, in one query."""
+        names = WORKUNIT_CLASSES
+        return [
+            WorkunitClass(int(wu_id), name, int(mask), names[int(code)])
+            for wu_id, name, mask, code in self._run(
+                self.workunit_classes_query(), {"pattern": like_prefix(prefix)}
+            )
+        ]
 
     def workunit_states(self, prefix: str) -> list[WorkunitRow]:
         """Return every workunit whose name starts with ``prefix``, in one query."""

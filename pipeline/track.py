@@ -26,12 +26,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from pipeline.boinc import AssimilateState, ClientState, ErrorMask, Outcome, ServerState
-from pipeline.boincdb import BoincDB, ResultRow, WorkunitRow
+from pipeline.boincdb import BoincDB, ResultRow, WorkunitClass, WorkunitRow
 from pipeline.plan import sweep_name_prefix, wu_name
 from pipeline.state import StateDB, SweepRecord, attempts, points
 
@@ -119,23 +120,27 @@ _FINAL = ("done", "failed", "cancelled")
 
 
 def track_sweep(state: StateDB, boinc: BoincDB, sweep: SweepRecord) -> SweepStatus:
-    """Read a sweep's workunits from BOINC in one query and bring the state database up to date."""
-    rows = {
-        wu.name: wu for wu in boinc.workunit_states(sweep_name_prefix(sweep.name, sweep.version))
-    }
-    failed_ids = [
-        wu.id for wu in rows.values() if wu.error_mask and not wu.error_mask & ErrorMask.CANCELLED
-    ]
-    results_by_wu: dict[int, list[ResultRow]] = {}
-    for r in boinc.results_of(failed_ids) if failed_ids else []:
-        results_by_wu.setdefault(r.workunitid, []).append(r)
+    """Read a sweep's workunit states from BOINC in one query and update the state database.
+
+    The server decides each workunit's state (:meth:`BoincDB.workunit_classes`,
+    the rules of :func:`classify`); the results of a failed workunit are read
+    only when its failure is new, to explain it (the reason is kept with the
+    point and reused afterwards). The two reads, BOINC's and the state
+    database's, run at the same time: both mostly wait for their servers.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        boinc_read = pool.submit(
+            boinc.workunit_classes, sweep_name_prefix(sweep.name, sweep.version)
+        )
+        current = _current_attempts(state, sweep.id)
+        rows = {wu.name: wu for wu in boinc_read.result()}
 
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     point_updates: list[tuple[str, str, str | None]] = []
     finished: list[tuple[str, str, str | None]] = []
-    current = _current_attempts(state, sweep.id)
-    for pid, attempt, known, recorded, submitted, open_outcome in current:
+    newly_failed: list[tuple[str, str, WorkunitClass, bool]] = []
+    for pid, attempt, known, recorded, submitted, open_outcome, known_reason in current:
         if attempt == 0:
             counts["planned"] += 1
             continue
@@ -147,17 +152,32 @@ def track_sweep(state: StateDB, boinc: BoincDB, sweep: SweepRecord) -> SweepStat
             pending = recorded and not submitted
             counts["planned" if pending else "purged"] += 1
         else:
-            status = classify(wu)
-            reason = None
-            if status == "failed":
-                reason = failure_reason(wu.error_mask, results_by_wu.get(wu.id, []))
-                reasons[reason] += 1
+            status = wu.state
             counts[status] += 1
+            closes = status in _FINAL and recorded and open_outcome
+            if status == "failed":
+                if known == "failed" and known_reason is not None and not closes:
+                    reasons[known_reason] += 1
+                else:
+                    newly_failed.append((pid, name, wu, closes))
+                continue
             target = status if status in _FINAL else "submitted"
             if target != known:
-                point_updates.append((pid, target, reason))
-            if status in _FINAL and recorded and open_outcome:
-                finished.append((name, status, reason))
+                point_updates.append((pid, target, None))
+            if closes:
+                finished.append((name, status, None))
+
+    results_by_wu: dict[int, list[ResultRow]] = {}
+    if newly_failed:
+        for r in boinc.results_of([wu.id for _p, _n, wu, _c in newly_failed]):
+            results_by_wu.setdefault(r.workunitid, []).append(r)
+    for pid, name, wu, closes in newly_failed:
+        reason = failure_reason(wu.error_mask, results_by_wu.get(wu.id, []))
+        reasons[reason] += 1
+        point_updates.append((pid, "failed", reason))
+        if closes:
+            finished.append((name, "failed", reason))
+
     state.set_point_states(sweep.id, point_updates, keep=_STICKY)
     state.finish_attempts(finished)
     return SweepStatus(
@@ -172,8 +192,8 @@ def track_sweep(state: StateDB, boinc: BoincDB, sweep: SweepRecord) -> SweepStat
 
 def _current_attempts(
     state: StateDB, sweep_id: int
-) -> list[tuple[str, int, str, bool, bool, bool]]:
-    """Return, per point, (point_id, attempt, state, recorded, submitted, outcome open).
+) -> list[tuple[str, int, str, bool, bool, bool, str | None]]:
+    """Return, per point, (point_id, attempt, state, recorded, submitted, outcome open, reason).
 
     One query joins each point to the record of its current attempt (by the
     index on ``(sweep_id, point_id)``): whether that record exists, whether the
@@ -189,6 +209,7 @@ def _current_attempts(
             a.c.wu_name.is_not(None),
             a.c.submitted_at.is_not(None),
             a.c.outcome.is_(None),
+            p.c.reason,
         )
         .select_from(
             p.outerjoin(
@@ -204,6 +225,6 @@ def _current_attempts(
     )
     with state.engine.connect() as conn:
         return [
-            (pid, int(att), st, bool(rec), bool(sub), bool(open_))
-            for pid, att, st, rec, sub, open_ in conn.execute(query)
+            (pid, int(att), st, bool(rec), bool(sub), bool(open_), reason)
+            for pid, att, st, rec, sub, open_, reason in conn.execute(query)
         ]

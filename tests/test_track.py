@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -133,3 +134,82 @@ def test_prefix_query_uses_the_name_index_on_mariadb(boinc_mariadb: BoincDB) -> 
     assert sorted(w.name for w in states) == ours
     assert boinc_mariadb.count_with_prefix("grid_v1_") == 50
     assert set(boinc_mariadb.existing_workunits([*ours[:3], "nope"])) == set(ours[:3])
+
+
+# Each case: workunit columns, then the server_state of each of its results.
+CLASS_CASES: list[tuple[dict[str, int], list[int]]] = [
+    ({}, []),
+    ({}, [int(ServerState.UNSENT), int(ServerState.UNSENT)]),
+    ({}, [int(ServerState.INACTIVE)]),
+    ({}, [int(ServerState.UNSENT), int(ServerState.IN_PROGRESS)]),
+    ({}, [int(ServerState.OVER), int(ServerState.IN_PROGRESS)]),
+    ({}, [int(ServerState.OVER)]),
+    ({"canonical_resultid": 7, "assimilate_state": 1}, [int(ServerState.OVER)]),
+    ({"canonical_resultid": 7, "assimilate_state": 2}, [int(ServerState.OVER)]),
+    ({"canonical_resultid": 7, "assimilate_state": 2}, [int(ServerState.IN_PROGRESS)]),
+    ({"error_mask": 2, "assimilate_state": 2}, [int(ServerState.IN_PROGRESS)]),
+    ({"error_mask": 16, "assimilate_state": 0}, [int(ServerState.OVER)]),
+    ({"error_mask": 16 | 2, "assimilate_state": 2}, []),
+    ({"error_mask": 4, "canonical_resultid": 7, "assimilate_state": 2}, []),
+]
+
+
+def _insert_cases(db: BoincDB, prefix: str) -> list[str]:
+    now = int(time.time())
+    names = [f"{prefix}{i:016x}_a1" for i in range(len(CLASS_CASES))]
+    with db.engine.begin() as conn:
+        for name, (columns, states) in zip(names, CLASS_CASES, strict=True):
+            row = _full_row(boinc.workunit, create_time=now, appid=1, name=name, **columns)
+            wu_id = conn.execute(sa.insert(boinc.workunit), row).inserted_primary_key[0]
+            for k, st in enumerate(states):
+                conn.execute(
+                    sa.insert(boinc.result),
+                    _full_row(
+                        boinc.result,
+                        create_time=now,
+                        workunitid=wu_id,
+                        server_state=st,
+                        name=f"{name}_{k}",
+                        appid=1,
+                    ),
+                )
+    return names
+
+
+def _assert_sql_matches_classify(db: BoincDB) -> None:
+    names = _insert_cases(db, "cls_v1_")
+    _insert_workunits(db, ["cls_v10_0000000000000000_a1", "clsx_v1_0000000000000000_a1"])
+    by_name = {w.name: w for w in db.workunit_states("cls_v1_")}
+    computed = {w.name: w for w in db.workunit_classes("cls_v1_")}
+    assert sorted(computed) == names
+    expected = {name: classify(by_name[name]) for name in names}
+    assert {n: c.state for n, c in computed.items()} == expected
+    # Every state is exercised, so a rule that drifts from classify() shows here.
+    assert set(expected.values()) == {"queued", "running", "done", "failed", "cancelled"}
+    assert {n: c.error_mask for n, c in computed.items()} == {
+        n: w.error_mask for n, w in by_name.items()
+    }
+
+
+def test_server_side_classification_matches_classify_on_mariadb(boinc_mariadb: BoincDB) -> None:
+    _assert_sql_matches_classify(boinc_mariadb)
+    _insert_workunits(boinc_mariadb, [f"other_{i}" for i in range(500)])
+    with boinc_mariadb.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE TABLE workunit, result")
+        query = boinc_mariadb.workunit_classes_query().params(pattern=like_prefix("cls_v1_"))
+        compiled = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        sql = str(compiled).replace("%%", "%")
+        plan = conn.exec_driver_sql(f"EXPLAIN {sql}".replace("%", "%%")).mappings().all()
+    by_table = {p["table"]: p for p in plan}
+    assert by_table["workunit"]["key"] == "name", plan
+    assert by_table["workunit"]["type"] == "range", plan
+    # Results come by workunit id (a rowid filter on the state index may join it).
+    assert by_table["r"]["key"].split("|")[0] == "res_wuid", plan
+
+
+def test_server_side_classification_matches_classify_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'boinc.sqlite'}"
+    engine = sa.create_engine(url)
+    boinc.metadata.create_all(engine)
+    with BoincDB(url, engine=engine) as db:
+        _assert_sql_matches_classify(db)

@@ -133,6 +133,26 @@ def test_failed_points_are_retried_until_max_attempts(bench: Bench) -> None:
         assert "exit status 7" in reasons[0]
 
 
+def test_a_failure_keeps_the_reason_it_was_first_tracked_with(bench: Bench) -> None:
+    spec = grid_spec(
+        n=1, job={"max_error_results": 0, "max_total_results": 1}, submit={"max_attempts": 1}
+    )
+    with bench.sweep(spec) as sweep:
+        sweep.submit()
+        bench.daemons("client_error=1.0:9,seed=3").run_until_idle()
+        first = sweep.track()
+        assert first.counts.get("failed") == 2, first.counts
+        [reason] = first.failure_reasons
+        assert "exit status 9" in reason
+        # Results leave BOINC's tables before their workunit does (db_purge);
+        # the reason recorded when the failure was first seen stays.
+        with bench.project.engine().begin() as conn:
+            conn.execute(sa.delete(boinc.result))
+        again = sweep.track()
+        assert again.failure_reasons == first.failure_reasons
+        assert again.counts == first.counts
+
+
 def test_faults_are_retried_and_the_sweep_completes(bench: Bench) -> None:
     spec = grid_spec(
         n=4, job={"max_error_results": 0, "max_total_results": 1}, submit={"max_attempts": 6}
