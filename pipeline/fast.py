@@ -51,7 +51,7 @@ import sqlalchemy as sa
 from pipeline import boinc
 from pipeline.boincdb import like_prefix
 from pipeline.errors import ConfigError, ServerError
-from pipeline.plan import PlannedWorkunit, compile_template, sweep_name_prefix
+from pipeline.plan import PlannedWorkunit, compile_template, job_options, sweep_name_prefix
 
 if TYPE_CHECKING:
     from pipeline.spec import SweepSpec
@@ -256,33 +256,7 @@ def template_path(template: str) -> str:
 
 def create_work_options(spec: SweepSpec) -> list[str]:
     """Return ``bin/create_work``'s global options for a sweep, as the stock script passes them."""
-    j = spec.job
-    return [
-        "--appname",
-        spec.app,
-        "--rsc_memory_bound",
-        str(int(j.rsc_memory_bound)),
-        "--rsc_disk_bound",
-        str(int(j.rsc_disk_bound)),
-        "--rsc_fpops_est",
-        repr(float(j.rsc_fpops_est)),
-        "--rsc_fpops_bound",
-        repr(float(j.rsc_fpops_bound)),
-        "--delay_bound",
-        str(j.delay_bound),
-        "--priority",
-        str(j.priority),
-        "--min_quorum",
-        str(j.min_quorum),
-        "--target_nresults",
-        str(j.target_nresults),
-        "--max_error_results",
-        str(j.max_error_results),
-        "--max_total_results",
-        str(j.max_total_results),
-        "--max_success_results",
-        str(j.max_success_results),
-    ]
+    return job_options(spec)
 
 
 def stdin_line(wu_name: str, files: Sequence[FileRef], template: str | None = None) -> str:

@@ -73,6 +73,7 @@ __all__ = [
     "compile_template",
     "create_work_argv",
     "format_value",
+    "job_options",
     "parse_wu_name",
     "plan",
     "point_id",
@@ -321,10 +322,14 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
-def _argv_options(spec: SweepSpec) -> list[str]:
+def job_options(spec: SweepSpec) -> list[str]:
+    """Return the job's ``create_work`` options as argv: app, quorum, limits, bounds, priority.
+
+    The memory and disk bounds are ``int()``-ed as ``boinc2docker_create_work.py``
+    does; the stock script and ``bin/create_work --stdin`` take the same options.
+    """
     j = spec.job
-    opts = [
-        CREATE_WORK_SCRIPT,
+    return [
         "--appname",
         spec.app,
         "--min_quorum",
@@ -350,6 +355,10 @@ def _argv_options(spec: SweepSpec) -> list[str]:
         "--priority",
         str(j.priority),
     ]
+
+
+def _argv_options(spec: SweepSpec) -> list[str]:
+    opts = [CREATE_WORK_SCRIPT, *job_options(spec)]
     if spec.entrypoint:
         opts += ["--entrypoint", spec.entrypoint]
     return opts
