@@ -89,7 +89,7 @@ def test_exit_status_no_archive_and_no_output(launcher: runner.Launcher, tmp_pat
 def _pid_alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it exited while being read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
