@@ -4,31 +4,37 @@ The pipeline's own work on a sweep is its submission and its harvest; the
 volunteers' computing in between is the same whoever drives the pipeline. So:
 
 1. **submission**: for each driver, a fresh emulated project and state
-   database, and the whole sweep submitted (cushion = N): in process with
-   ``Sweep.submit()``, through Celery with ``submit_async`` then waiting until
-   every workunit is confirmed in the state database;
-2. **harvest**: the sweep is computed once by the emulator's daemons; then for
-   each driver the state database and store are reset to that moment and every
-   result is harvested: ``Sweep.harvest()`` in process, ``harvest_async`` (plan
-   plus a group of chunk tasks) through Celery.
+   database, and the whole sweep submitted in ``fast`` mode (cushion = 2N, so
+   one top-up creates everything): in process with ``Sweep.submit()``; through
+   Celery by sending the ``submit`` task (what ``submit_async`` sends) and
+   waiting for its result;
+2. **harvest**: the sweep is computed once by the emulator's daemons (host
+   image mode, so the volunteers need no containers); then for each driver the
+   state database and store are reset to that moment and every result is
+   harvested: ``Sweep.harvest()`` in process; through Celery by sending the
+   ``harvest`` task (the plan, which fans out a group of chunk tasks) and
+   waiting until every point is harvested.
 
 Drivers: in process; Celery with one worker process; Celery with two
 (``--concurrency 2``). Redis is a private ``redis-server``; the state database
-is SQLite. Prints points/s per phase and the overhead of Celery against the
-in-process figure measured in the same run (target: under 20% at one worker).
+is SQLite. Messages are sent from this process (no interpreter start-up is
+timed). A Celery harvest ends at the last chunk's ``harvest`` event in the state
+database; this process checks for it every 0.2 s with one COUNT query, so the
+check neither delays nor loads the workers much. Prints points/s per phase, the
+overhead of Celery against the in-process figure measured in the same run
+(target: under 20% at one worker), and, from the workers' logs, how many tasks
+ran and how long they spent inside them.
 
-    python bench/workers.py [--n 10000] [--chunk 200]
-
-Submission into the emulator in batch mode costs one emulated ``bin/create_work``
-process per workunit (0.5-2 s each on a loaded 2-core machine), so large N
-takes hours here; the figures in bench/README.md say which N was measured.
+    python bench/workers.py [--n 10000] [--chunk 200] [--submit-chunk 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +46,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,14 +57,18 @@ from pipeline.config import DbConfig, ServerConfig  # noqa: E402
 from pipeline.emulator import Daemons, Project  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from pipeline.spec import SweepSpec  # noqa: E402
-from pipeline.state import StateDB  # noqa: E402
+from pipeline.state import StateDB, events, points  # noqa: E402
+from workers.app import make_app  # noqa: E402
+from workers.settings import WorkerSettings  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 SERVER = "bench"
+DRIVERS = ("in process", "celery x1", "celery x2")
+_TASK_DONE = re.compile(r"Task (boinc_pipeline\.\w+)\[[^]]*\] succeeded in ([0-9.e-]+)s")
 
 
 def spec(n: int, chunk: int) -> dict[str, Any]:
-    """A grid of ``n`` points (n/10 x 10) whose job writes ``z = x * y``."""
+    """A grid of ``n`` points (n/10 x 10) whose job writes ``z = x * y``, submitted in fast mode."""
     return {
         "name": "wbench",
         "image": "boinc-pipeline-test/host:latest",
@@ -68,7 +79,7 @@ def spec(n: int, chunk: int) -> dict[str, Any]:
         ],
         "parameters": {"grid": {"x": list(range(n // 10)), "y": list(range(10))}},
         "outputs": [{"file": "out.txt", "kind": "keyvalue"}],
-        "submit": {"chunk_size": chunk},
+        "submit": {"chunk_size": chunk, "mode": "fast"},
     }
 
 
@@ -78,16 +89,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+def _wait(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 class Setup:
-    """One emulated project, its server config file and a state database."""
+    """One emulated project (host image mode), its server config file and a state database."""
 
     def __init__(self, tmp: Path, n: int) -> None:
         self.tmp = tmp
@@ -100,7 +111,7 @@ class Setup:
             transport=f"local://{self.project.root}",
             results=f"local://{self.project.results_dir}",
             boinc_db=DbConfig(url=self.project.db_url),
-            mode="batch",  # fast mode needs the emulator's docker image mode
+            mode="fast",
             python="python3",
             apps={"boinc2docker": {"cushion": 2 * n}},  # type: ignore[dict-item]
         )
@@ -128,9 +139,48 @@ class Setup:
             return sum(a.submitted_at is not None for a in state.attempts_of(rec.id))
 
 
+class Watch:
+    """Cheap reads of the state database while the workers run: one engine, one query per look."""
+
+    def __init__(self, state_url: str) -> None:
+        self.engine = sa.create_engine(state_url)
+
+    def harvested(self) -> int:
+        with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(points.c.state == "harvested")
+            return int(conn.execute(query).scalar_one())
+
+    def last_event(self, kind: str) -> float:
+        with self.engine.connect() as conn:
+            query = sa.select(sa.func.max(events.c.at)).where(events.c.kind == kind)
+            return float(conn.execute(query).scalar_one())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class Tasks:
+    """What the workers' log says: tasks run per name, and seconds spent inside them."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+
+    def read(self, log: Path) -> None:
+        for name, seconds in _TASK_DONE.findall(log.read_text(errors="replace")):
+            self.count[name] = self.count.get(name, 0) + 1
+            self.seconds[name] = self.seconds.get(name, 0.0) + float(seconds)
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"{name.split('.')[-1]} {self.count[name]} x {self.seconds[name]:.2f} s"
+            for name in sorted(self.count)
+        )
+
+
 @contextlib.contextmanager
-def celery(setup: Setup, redis_url: str, concurrency: int, chunk: int) -> Iterator[dict[str, str]]:
-    """Run one ``celery worker`` with ``concurrency`` processes; yield its environment."""
+def celery(setup: Setup, redis_url: str, concurrency: int, chunk: int) -> Iterator[Tasks]:
+    """Run one ``celery worker`` with ``concurrency`` processes; yield what its log will tell."""
     env = dict(os.environ)
     env.update(
         {
@@ -143,13 +193,16 @@ def celery(setup: Setup, redis_url: str, concurrency: int, chunk: int) -> Iterat
             "BOINC_PIPELINE_HARVEST_CHUNK": str(chunk),
         }
     )
-    log = (setup.tmp / f"worker-{concurrency}.log").open("wb")
+    env.pop("BOINC_PIPELINE_WORKERS_CONFIG", None)
+    path = setup.tmp / f"worker-{concurrency}-{time.monotonic_ns()}.log"
+    log = path.open("wb")
     proc = subprocess.Popen(
-        [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "--loglevel", "WARNING",
+        [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "--loglevel", "INFO",
          "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
          "--without-heartbeat"],
         env=env, cwd=setup.tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    tasks = Tasks()
     try:
         ping = [str(VENV_BIN / "celery"), "-A", "workers.app", "inspect", "ping", "-t", "1"]
         _wait(
@@ -157,22 +210,21 @@ def celery(setup: Setup, redis_url: str, concurrency: int, chunk: int) -> Iterat
             120,
             "the worker to answer",
         )
-        yield env
+        yield tasks
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
+        tasks.read(path)
 
 
-def _enqueue(env: dict[str, str], call: str) -> None:
-    code = f"from workers.enqueue import submit_async, harvest_async; {call}"
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
-
-
-def submit_phase(tmp: Path, n: int, chunk: int, driver: str, redis_url: str) -> float:
+def submit_phase(
+    tmp: Path, n: int, chunk: int, driver: str, client: Any
+) -> tuple[float, Tasks | None]:
     """Seconds to submit the whole sweep with one driver, on a fresh project."""
     setup = Setup(tmp, n)
     sweep_spec = spec(n, chunk)
+    tasks = None
     if driver == "in process":
         t0 = time.perf_counter()
         with Sweep(
@@ -181,16 +233,19 @@ def submit_phase(tmp: Path, n: int, chunk: int, driver: str, redis_url: str) -> 
             sw.submit()
         seconds = time.perf_counter() - t0
     else:
-        path = tmp / "spec.yaml"
-        path.write_text(yaml.safe_dump(sweep_spec))
-        with celery(setup, redis_url, int(driver[-1]), chunk) as env:
+        with celery(setup, client.conf.broker_url, int(driver[-1]), chunk) as tasks:
             t0 = time.perf_counter()
-            _enqueue(env, f"submit_async({str(path)!r}, {SERVER!r})")
-            _wait(lambda: setup.confirmed() >= n, 3600, "every workunit")
+            # What workers.enqueue.submit_async sends for a spec file.
+            body = SweepSpec.model_validate(sweep_spec).model_dump(mode="json")
+            sent = client.send_task(
+                "boinc_pipeline.submit", kwargs={"spec": body, "server": SERVER}
+            )
+            outcome = sent.get(timeout=3600)
             seconds = time.perf_counter() - t0
+            assert outcome["created"] == n, outcome
     assert setup.confirmed() == n
     setup.project.close()
-    return seconds
+    return seconds, tasks
 
 
 def computed(tmp: Path, n: int, chunk: int) -> Setup:
@@ -202,8 +257,12 @@ def computed(tmp: Path, n: int, chunk: int) -> Setup:
         sw.submit()
     t0 = time.perf_counter()
     daemons = Daemons(setup.project, hosts=16)
-    daemons.run(until=lambda: _all_done(setup, n))
-    print(f"  (emulator computed {n} workunits in {time.perf_counter() - t0:.0f} s)", flush=True)
+    daemons.run(until=lambda: _all_done(setup, n), timeout=3600)
+    print(
+        f"  (emulator computed {n} workunits in {time.perf_counter() - t0:.0f} s, "
+        f"load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
     with Sweep.open("wbench", settings=setup.settings()) as sw:
         assert sw.track().counts == {"done": n}
     shutil.copy(tmp / "state.sqlite", tmp / "state.snapshot")
@@ -217,8 +276,6 @@ def _all_done(setup: Setup, n: int) -> bool:
     if time.monotonic() - _last_check[0] < 1.0:
         return False
     _last_check[0] = time.monotonic()
-    import sqlalchemy as sa
-
     from pipeline import boinc
 
     engine = sa.create_engine(setup.project.db_url)
@@ -232,66 +289,117 @@ def _all_done(setup: Setup, n: int) -> bool:
     return int(left) == 0
 
 
-def harvest_phase(setup: Setup, n: int, chunk: int, driver: str, redis_url: str) -> float:
+def harvest_phase(
+    setup: Setup, n: int, chunk: int, driver: str, client: Any
+) -> tuple[float, Tasks | None]:
     """Seconds to harvest every result with one driver, from the computed snapshot."""
     for suffix in ("", "-wal", "-shm"):
         (setup.tmp / f"state.sqlite{suffix}").unlink(missing_ok=True)
     shutil.copy(setup.tmp / "state.snapshot", setup.tmp / "state.sqlite")
     shutil.rmtree(setup.store, ignore_errors=True)
+    tasks = None
     if driver == "in process":
         t0 = time.perf_counter()
         with Sweep.open("wbench", settings=setup.settings()) as sw:
             sw.harvest(chunk_size=chunk)
         seconds = time.perf_counter() - t0
     else:
-        with celery(setup, redis_url, int(driver[-1]), chunk) as env:
-            t0 = time.perf_counter()
-            _enqueue(env, "harvest_async('wbench')")
-            _wait(lambda: setup.counts() == {"harvested": n}, 3600, "every point harvested")
-            seconds = time.perf_counter() - t0
+        watch = Watch(setup.state_url)
+        try:
+            with celery(setup, client.conf.broker_url, int(driver[-1]), chunk) as tasks:
+                w0, t0 = time.time(), time.perf_counter()
+                plan = client.send_task("boinc_pipeline.harvest", args=["wbench", None])
+                assert plan.get(timeout=3600)["chunks"] == -(-n // chunk)
+                _wait(lambda: watch.harvested() >= n, 3600, "every point harvested", every=0.2)
+                # The last chunk's event, not the moment this loop happened to look.
+                seconds = watch.last_event("harvest") - w0
+                assert seconds <= time.perf_counter() - t0
+        finally:
+            watch.close()
     assert setup.counts() == {"harvested": n}
     with Sweep.open("wbench", settings=setup.settings()) as sw:
         assert len(sw.results()) == n
-    return seconds
+    return seconds, tasks
+
+
+def _flush(redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="points (a multiple of 10)")
-    parser.add_argument("--chunk", type=int, default=200, help="submission and harvest chunk")
+    parser.add_argument("--chunk", type=int, default=200, help="harvest chunk (results per task)")
+    parser.add_argument(
+        "--submit-chunk", type=int, default=1000, help="submission chunk (one create_work each)"
+    )
     args = parser.parse_args()
-    n, chunk = args.n, args.chunk
-    drivers = ["in process", "celery x1", "celery x2"]
+    n, chunk, submit_chunk = args.n, args.chunk, args.submit_chunk
     port = _free_port()
     redis = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     redis_url = f"redis://127.0.0.1:{port}/0"
-    print(f"workers bench: {n} points, chunks of {chunk}, load {os.getloadavg()[0]:.1f}")
+    client = make_app(WorkerSettings(broker=redis_url))
+    print(
+        f"workers bench: {n} points, fast mode, submission chunks of {submit_chunk}, "
+        f"harvest chunks of {chunk}, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    submit: dict[str, float] = {}
+    harvest: dict[str, float] = {}
+    logs: dict[str, list[Tasks | None]] = {d: [] for d in DRIVERS}
     try:
+        _wait(lambda: _ping(port), 20, "the private redis-server")
         with tempfile.TemporaryDirectory(prefix="bp-wbench-") as tmp:
-            submit = {
-                d: submit_phase(Path(tmp) / f"s{i}", n, chunk, d, redis_url)
-                for i, d in enumerate(drivers)
-            }
-            setup = computed(Path(tmp) / "h", n, chunk)
-            harvest = {d: harvest_phase(setup, n, chunk, d, redis_url) for d in drivers}
+            for i, d in enumerate(DRIVERS):
+                _flush(redis_url)
+                submit[d], tasks = submit_phase(Path(tmp) / f"s{i}", n, submit_chunk, d, client)
+                logs[d].append(tasks)
+                print(f"  submit, {d}: {submit[d]:.1f} s", flush=True)
+            setup = computed(Path(tmp) / "h", n, submit_chunk)
+            for d in DRIVERS:
+                _flush(redis_url)
+                harvest[d], tasks = harvest_phase(setup, n, chunk, d, client)
+                logs[d].append(tasks)
+                print(f"  harvest, {d}: {harvest[d]:.1f} s", flush=True)
             setup.project.close()
     finally:
+        client.close()
+        gc.collect()  # the results' finalisers talk to Redis: run them while it is up
         redis.terminate()
         redis.wait()
     base = submit["in process"] + harvest["in process"]
     header = ("driver", "submit s", "pts/s", "harvest s", "pts/s", "both pts/s", "overhead")
     print("{:<12} {:>9} {:>7} {:>10} {:>7} {:>11} {:>9}".format(*header))
-    for d in drivers:
+    for d in DRIVERS:
         both = submit[d] + harvest[d]
         print(
-            f"{d:<12} {submit[d]:>9.1f} {n / submit[d]:>7.2f} {harvest[d]:>10.2f} "
-            f"{n / harvest[d]:>7.1f} {n / both:>11.2f} {(both / base - 1) * 100:>8.1f}%"
+            f"{d:<12} {submit[d]:>9.1f} {n / submit[d]:>7.0f} {harvest[d]:>10.1f} "
+            f"{n / harvest[d]:>7.0f} {n / both:>11.0f} {(both / base - 1) * 100:>8.1f}%"
         )
+    for d in DRIVERS[1:]:
+        for phase, tasks in zip(("submit", "harvest"), logs[d], strict=True):
+            if tasks is not None:
+                print(f"{d}, {phase}: tasks {tasks.summary()}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":
