@@ -34,7 +34,13 @@ QUEUE = "boinc-pipeline"
 def make_app(worker: WorkerSettings) -> Celery:
     """Build the Celery application for these settings, with the tick in its beat schedule."""
     app = Celery("boinc_pipeline", broker=worker.broker, backend=worker.result_backend)
-    transport_options = {"visibility_timeout": int(worker.visibility_timeout)}
+    transport_options: dict[str, object] = {"visibility_timeout": int(worker.visibility_timeout)}
+    backend_options = dict(transport_options)
+    if worker.key_prefix:
+        # kombu and Celery's Redis backend put it in front of every key they use.
+        backend_options["global_keyprefix"] = worker.key_prefix
+        if worker.broker.startswith("redis"):
+            transport_options["global_keyprefix"] = worker.key_prefix
     app.conf.update(
         include=["workers.tasks", "workers.beat"],
         task_serializer="json",
@@ -48,7 +54,7 @@ def make_app(worker: WorkerSettings) -> Celery:
         task_time_limit=int(worker.task_time_limit),
         task_soft_time_limit=int(worker.task_time_limit * 0.9),
         broker_transport_options=transport_options,
-        result_backend_transport_options=transport_options,
+        result_backend_transport_options=backend_options,
         result_expires=24 * 3600,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

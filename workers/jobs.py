@@ -88,7 +88,12 @@ def _context(
 
 def app_lock(res: Resources, server_name: str, app: str) -> FencedLock:
     """The lock that one top-up (or retry) of ``app`` on ``server_name`` holds at a time."""
-    return FencedLock(res.redis, f"{res.namespace}:topup:{server_name}:{app}", res.worker.lock_ttl)
+    return FencedLock(
+        res.redis,
+        f"{res.namespace}:topup:{server_name}:{app}",
+        res.worker.lock_ttl,
+        prefix=res.worker.key_prefix,
+    )
 
 
 # --------------------------------------------------------------------------- submission

@@ -58,11 +58,15 @@ class LockLost(Exception):
 
 
 class FencedLock:
-    """One named lock in Redis with an expiry, a renewing thread and a fencing token."""
+    """One named lock in Redis with an expiry, a renewing thread and a fencing token.
 
-    def __init__(self, client: Any, name: str, ttl: float) -> None:
+    Its keys are ``<prefix>bp:lock:<name>`` and ``<prefix>bp:fence:bp:lock:<name>``.
+    """
+
+    def __init__(self, client: Any, name: str, ttl: float, *, prefix: str = "") -> None:
         self.client = client
-        self.key = f"{KEY_PREFIX}lock:{name}"
+        self.key = f"{prefix}{KEY_PREFIX}lock:{name}"
+        self._fence = f"{prefix}{KEY_PREFIX}fence:{KEY_PREFIX}lock:{name}"
         self.ttl_ms = max(1000, int(ttl * 1000))
         self.token = 0
         self.value = ""
@@ -70,7 +74,7 @@ class FencedLock:
 
     def acquire(self) -> bool:
         """Take the lock if free; on success start renewing it and return True."""
-        token = int(self.client.incr(f"{KEY_PREFIX}fence:{self.key}"))
+        token = int(self.client.incr(self._fence))
         value = f"{token}:{secrets.token_hex(8)}"
         if not self.client.set(self.key, value, nx=True, px=self.ttl_ms):
             return False

@@ -88,8 +88,8 @@ class Resources:
         return self._redis
 
     def key(self, *parts: object) -> str:
-        """A Redis key in this deployment's namespace."""
-        return ":".join(["bp", self.namespace, *map(str, parts)])
+        """A Redis key in this deployment's namespace (after the configured key prefix)."""
+        return self.worker.key_prefix + ":".join(["bp", self.namespace, *map(str, parts)])
 
     def server_config(self, name: str) -> ServerConfig:
         """Load the server config a sweep recorded (a name in the servers folder, or a path)."""

@@ -34,6 +34,10 @@ variable                           default                     meaning
 ``BOINC_PIPELINE_RETRY_BACKOFF``   ``2``                       first retry delay (s), doubled
                                                                each time, with full jitter
 ``BOINC_PIPELINE_RETRY_MAX``       ``300``                     longest retry delay (s)
+``BOINC_PIPELINE_KEY_PREFIX``      empty                       prefix of every Redis key the
+                                                               broker, the result backend and the
+                                                               locks use (several deployments,
+                                                               or a demo, on one Redis database)
 =================================  ==========================  ===================================
 
 The state database, result store and server-config folder come from
@@ -77,6 +81,7 @@ _ENV_NAMES = {
     "max_retries": "MAX_RETRIES",
     "retry_backoff": "RETRY_BACKOFF",
     "retry_max": "RETRY_MAX",
+    "key_prefix": "KEY_PREFIX",
 }
 
 
@@ -98,6 +103,7 @@ class WorkerSettings:
     max_retries: int = 8
     retry_backoff: float = 2.0
     retry_max: float = 300.0
+    key_prefix: str = ""
 
     def __post_init__(self) -> None:
         if not self.broker.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
@@ -120,6 +126,10 @@ class WorkerSettings:
                 f"visibility_timeout ({self.visibility_timeout:g} s) must be longer than "
                 f"task_time_limit ({self.task_time_limit:g} s): Redis would hand a task that "
                 "is still running to a second worker"
+            )
+        if self.key_prefix and not all(c.isalnum() or c in "-_.:" for c in self.key_prefix):
+            raise ConfigError(
+                f"key_prefix {self.key_prefix!r} may hold only letters, digits and - _ . :"
             )
         if self.harvest_chunk < 1 or self.max_retries < 0:
             raise ConfigError("harvest_chunk must be at least 1 and max_retries at least 0")

@@ -206,3 +206,32 @@ def test_enqueue_helpers_import_without_a_broker() -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert out.stdout.split() == ["submit_async", "harvest_async"]
+
+
+def test_key_prefix_covers_every_key_of_the_broker_backend_and_locks(
+    client: Any, redis_url: str
+) -> None:
+    """Result keys are covered too: the Celery demo's test finds Redis empty after its cleanup."""
+    from pipeline.settings import Settings
+    from workers.app import make_app
+    from workers.jobs import app_lock
+    from workers.resources import Resources
+
+    settings = WorkerSettings(broker=redis_url, key_prefix="bp-t1:")
+    app = make_app(settings)
+    try:
+        app.send_task("boinc_pipeline.poll", args=["nobody", 1], ignore_result=True)
+        assert app.control.ping(timeout=0.5) == []  # no worker: the pidbox keys only
+        res = Resources(Settings("sqlite:///unused.sqlite", "store", "servers"), settings)
+        lock = app_lock(res, "server", "app")
+        assert lock.acquire()
+        lock.release()
+        client.set(res.key("last", 1), "1")
+        keys = sorted(k.decode() for k in client.scan_iter(count=1000))
+        assert any("boinc-pipeline" in k for k in keys)  # the queue holding the message
+        assert any(":fence:" in k for k in keys)
+        assert [k for k in keys if not k.startswith("bp-t1:")] == []
+    finally:
+        app.close()
+    with pytest.raises(ConfigError, match="key_prefix"):
+        WorkerSettings(broker=redis_url, key_prefix="a b")
