@@ -4,10 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv services lint typecheck test test-fast demo bench clean
+.PHONY: help venv services lint typecheck test test-fast demo demo-celery bench clean
 
 help:
 	@echo "make demo       set up and run a sweep end to end on embedded defaults"
+	@echo "make demo-celery  the same sweep through Celery workers (needs Redis; REDIS=URL)"
 	@echo "make test       set up and run the whole test suite (lint, types, pytest)"
 	@echo "make test-fast  the same without the tests marked slow"
 	@echo "make bench      run the benchmarks in bench/"
@@ -38,6 +39,9 @@ test-fast: $(STAMP) services lint typecheck
 
 demo: $(STAMP)
 	$(BIN)/python -m pipeline.demo
+
+demo-celery: $(STAMP)
+	$(BIN)/python -m pipeline.demo --celery $(if $(REDIS),--redis $(REDIS))
 
 bench: $(STAMP) services
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
