@@ -42,7 +42,7 @@ import hashlib
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -80,11 +80,6 @@ SHARED_FLAGS = ("sticky", "no_delete")
 """Flags of files staged once and reused by many workunits (as boinc2docker flags layers)."""
 
 RESUME_ROUNDS = 3
-
-#: Workunits whose files go up in one transport call while create_work runs (at least).
-PART_MIN = 500
-#: Parts per chunk, at most: each costs a transport round trip.
-PARTS_MAX = 4
 """How many times one chunk's ``create_work --stdin`` is run while it makes progress."""
 
 _BACKSLASHED = frozenset(" !\"$&'()*,;<>?[\\]^`{|}")
@@ -560,46 +555,26 @@ def create_fast(
         if text not in templates:
             templates[text] = template_path(text)
     single = len(templates) == 1
+    staged: dict[str, bytes] = {path: text.encode("utf-8") for text, path in templates.items()}
     for wf in planned:
         tpath = None if single else templates[input_template(wf.refs)]
         lines_by_name[wf.wu_name] = stdin_line(wf.wu_name, wf.refs, tpath)
+        for name, data in wf.contents.items():
+            staged[layout.path(name)] = data
+    ctx.transport.write_files(staged, timeout=ctx.timeout)
+
     argv = ["bin/create_work", *create_work_options(spec)]
     if single:
         argv += ["--wu_template", next(iter(templates.values()))]
     argv.append("--stdin")
-
-    # The files go up in a few parts: the templates and the first part before
-    # create_work starts, each later part while create_work works through the
-    # lines of the parts before it (a line is fed only once its files exist).
-    parts = _parts(planned)
-    unwritten = list(range(len(parts)))
-
-    def write_part(k: int, extra: dict[str, bytes] | None = None) -> None:
-        staged = dict(extra or {})
-        for wf in parts[k]:
-            for name, data in wf.contents.items():
-                staged[layout.path(name)] = data
-        ctx.transport.write_files(staged, timeout=ctx.timeout)
-        unwritten.remove(k)
-
-    def lines_of(wfs: Sequence[WorkunitFiles]) -> bytes:
-        return "".join(lines_by_name[wf.wu_name] + "\n" for wf in wfs).encode("utf-8")
-
-    def streamed_feed() -> Iterator[bytes]:
-        yield lines_of(parts[0])
-        for k in range(1, len(parts)):
-            write_part(k)
-            yield lines_of(parts[k])
-
-    write_part(0, {path: text.encode("utf-8") for text, path in templates.items()})
     remaining = [wf.wu_name for wf in planned]
-    feed: Iterable[bytes] | bytes = streamed_feed()
     for round_no in range(RESUME_ROUNDS):
+        feed = "".join(lines_by_name[n] + "\n" for n in remaining).encode("utf-8")
         t0 = time.perf_counter()
         res = ctx.transport.run(argv, stdin=feed, timeout=ctx.timeout, check=False)
         took = time.perf_counter() - t0
         text = (res.stdout + res.stderr).decode("utf-8", "replace").strip()
-        if res.exit_code == 0 and not unwritten:
+        if res.exit_code == 0:
             if text:
                 outputs.append(f"create_work --stdin ({len(remaining)} lines): {text[-500:]}")
             break
@@ -613,19 +588,9 @@ def create_fast(
         remaining = [n for n in remaining if n not in created]
         if not remaining:
             break
-        for k in list(unwritten):  # create_work stopped before these parts were fed
-            write_part(k)
-        feed = "".join(lines_by_name[n] + "\n" for n in remaining).encode("utf-8")
     if ctx.on_progress:
         ctx.on_progress(len(planned))
     return outputs
-
-
-def _parts(planned: Sequence[WorkunitFiles]) -> list[Sequence[WorkunitFiles]]:
-    """Split a chunk into at most ``PARTS_MAX`` parts of at least ``PART_MIN`` workunits."""
-    n = max(1, min(PARTS_MAX, len(planned) // PART_MIN))
-    size = -(-len(planned) // n)
-    return [planned[i : i + size] for i in range(0, len(planned), size)]
 
 
 def staged_names(spec: SweepSpec, wu: PlannedWorkunit) -> list[str]:

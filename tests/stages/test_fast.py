@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import boinc, fast
+from pipeline import boinc
 from pipeline.config import AppConfig
 from pipeline.fast import SHARED_FLAGS, ServerLayout, create_fast, read_layout
 from pipeline.plan import plan
@@ -223,13 +223,7 @@ def test_layout_agrees_with_dir_hier_path(dbench: Bench) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("part_min", [fast.PART_MIN, 2], ids=["one-part", "streamed-parts"])
-def test_a_failed_multi_row_insert_is_resumed(
-    dbench: Bench, busybox_image: str, part_min: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # With parts of 2, the chunk's files go up in three transport calls, the later
-    # ones while create_work already reads the lines of the first.
-    monkeypatch.setattr(fast, "PART_MIN", part_min)
+def test_a_failed_multi_row_insert_is_resumed(dbench: Bench, busybox_image: str) -> None:
     spec_data = _spec("resume", busybox_image, "fast", n=4)
     with dbench.sweep(spec_data) as sweep:
         spec = sweep.spec
