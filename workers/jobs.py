@@ -10,7 +10,10 @@ or two at once, neither duplicates nor loses anything.
 
 from __future__ import annotations
 
+import json
 import logging
+import posixpath
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -199,6 +202,8 @@ def harvest_plan(res: Resources, name: str, version: int | None) -> dict[str, An
 
     Done points without a result file are marked ``lost`` here (as the
     in-process harvest does), so the chunks hold only results that can be read.
+    ``files`` maps each result name to its file, relative to ``<results>/<app>/``
+    (``<YYYY-MM-DD>/<file name>``), so that a chunk needs no listing of its own.
     """
     from pipeline import harvest as hv
     from pipeline.track import track_sweep
@@ -209,6 +214,7 @@ def harvest_plan(res: Resources, name: str, version: int | None) -> dict[str, An
     track_sweep(res.state, server.boinc, record)
     done = hv._done_points(res.state, server.boinc, record)
     names: list[str] = []
+    where: dict[str, str] = {}
     lost = 0
     if done:
         files = hv._find_files(
@@ -219,6 +225,8 @@ def harvest_plan(res: Resources, name: str, version: int | None) -> dict[str, An
             hv._mark_lost(res.state, record, missing, server.results_dir, spec.app)
             lost = len(missing)
         names = sorted(files)
+        app_dir = posixpath.join(server.results_dir, spec.app)
+        where = {n: posixpath.relpath(files[n], app_dir) for n in names}
     size = res.worker.harvest_chunk
     chunks = [names[i : i + size] for i in range(0, len(names), size)]
     return {
@@ -227,35 +235,148 @@ def harvest_plan(res: Resources, name: str, version: int | None) -> dict[str, An
         "done": len(done),
         "lost": lost,
         "chunks": chunks,
+        "files": where,
     }
 
 
 def harvest_chunk(
-    res: Resources, name: str, version: int, results: Sequence[str]
+    res: Resources,
+    name: str,
+    version: int,
+    results: Sequence[str],
+    files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Ingest one chunk of results (by result name) into the store, exactly once."""
+    """Ingest one chunk of results (by result name) into the store, exactly once.
+
+    Only the chunk's own results are looked up: their done points in the state
+    database and their canonical results in the BOINC database, by name. Their
+    files are those the plan found (``files``, relative to ``<results>/<app>/``);
+    without them (a message from an older plan) the result folder is listed.
+    """
     from pipeline import harvest as hv
     from pipeline.archive import DEFAULT_LIMITS
 
     spec, record = _sweep(res, name, version)
     server = res.server(record.server)
-    wanted = set(results)
-    done = {
-        r: d for r, d in hv._done_points(res.state, server.boinc, record).items() if r in wanted
-    }
+    done = _chunk_done(res, server.boinc, record, results)
     report = hv.HarvestReport(done=len(done))
     if done:
-        files = hv._find_files(
-            server, spec, record, list(done.values()), server.config.timezone, time.time()
-        )
-        found = [done[r] for r in sorted(done) if r in files]
+        if files is None:
+            paths = hv._find_files(
+                server, spec, record, list(done.values()), server.config.timezone, time.time()
+            )
+        else:
+            paths = _chunk_paths(posixpath.join(server.results_dir, spec.app), files, done)
+        found = [done[r] for r in sorted(done) if r in paths]
         report.found = len(found)
         if found:
             store = res.store()
             hv._harvest_chunk(
-                res.state, server, store, spec, record, found, files, DEFAULT_LIMITS, report
+                res.state, server, store, spec, record, found, paths, DEFAULT_LIMITS, report
             )
     return {"sweep": name, "version": version, **report.as_dict()}
+
+
+_RELATIVE_FILE = re.compile(r"\d{4}-\d{2}-\d{2}/[^/]+")
+
+
+def _chunk_paths(app_dir: str, files: dict[str, str], done: dict[str, Any]) -> dict[str, str]:
+    """Return {result name: path} for the chunk's files, each checked to be that result's file.
+
+    A name is taken only as ``<YYYY-MM-DD>/<file name>`` whose file name is
+    one of the result's archives; anything else is left out (its point stays
+    ``done`` for the next harvest).
+    """
+    from pipeline.boinc import parse_result_file
+
+    paths: dict[str, str] = {}
+    for result, relative in files.items():
+        if result not in done:
+            continue
+        parsed = parse_result_file(posixpath.basename(relative))
+        if not _RELATIVE_FILE.fullmatch(relative) or parsed is None or parsed.result_name != result:
+            log.warning("harvest: %r is not a file of result %r; skipped", relative, result)
+            continue
+        paths[result] = posixpath.join(app_dir, relative)
+    return paths
+
+
+def _chunk_done(
+    res: Resources, boinc_db: Any, record: SweepRecord, results: Sequence[str]
+) -> dict[str, Any]:
+    """Return {result name: done point} for these results only (as ``_done_points`` does for all).
+
+    A result counts when it is its workunit's canonical result, the workunit
+    is the current attempt of one of this sweep version's points, and that
+    point is ``done`` in the state database.
+    """
+    import sqlalchemy as sa
+
+    from pipeline import boinc
+    from pipeline import harvest as hv
+    from pipeline.boincdb import IN_CHUNK, ResultRow
+    from pipeline.plan import parse_wu_name
+    from pipeline.state import points
+
+    r, w = boinc.result, boinc.workunit
+    names = sorted(set(results))
+    canonical: dict[str, tuple[str, ResultRow]] = {}
+    for start in range(0, len(names), IN_CHUNK):
+        rows = boinc_db._run(
+            sa.select(
+                r.c.id, r.c.name, r.c.workunitid, r.c.server_state, r.c.outcome,
+                r.c.client_state, r.c.validate_state, r.c.exit_status, r.c.hostid,
+                r.c.cpu_time, r.c.elapsed_time, r.c.received_time, r.c.sent_time,
+                w.c.name.label("wu_name"),
+            )
+            .select_from(r.join(w, w.c.id == r.c.workunitid))
+            .where(r.c.name.in_(names[start : start + IN_CHUNK]), w.c.canonical_resultid == r.c.id)
+        )  # fmt: skip
+        for row in rows:
+            canonical[row.name] = (
+                row.wu_name,
+                ResultRow(
+                    id=int(row.id),
+                    name=row.name,
+                    workunitid=int(row.workunitid),
+                    server_state=int(row.server_state),
+                    outcome=int(row.outcome),
+                    client_state=int(row.client_state),
+                    validate_state=int(row.validate_state),
+                    exit_status=int(row.exit_status),
+                    hostid=int(row.hostid),
+                    cpu_time=float(row.cpu_time),
+                    elapsed_time=float(row.elapsed_time),
+                    received_time=int(row.received_time),
+                    sent_time=int(row.sent_time),
+                ),
+            )
+    wanted: dict[str, tuple[str, int]] = {}  # result name -> (point id, attempt)
+    for result_name, (wu, _row) in canonical.items():
+        try:
+            parsed = parse_wu_name(wu)
+        except ValueError:
+            continue
+        if (parsed.sweep, parsed.version) == (record.name, record.version):
+            wanted[result_name] = (parsed.point_id, parsed.attempt)
+    params: dict[tuple[str, int], dict[str, Any]] = {}
+    point_ids = sorted({pid for pid, _a in wanted.values()})
+    with res.state.engine.connect() as conn:
+        for start in range(0, len(point_ids), IN_CHUNK):
+            rows = conn.execute(
+                sa.select(points.c.point_id, points.c.attempt, points.c.params_json).where(
+                    points.c.sweep_id == record.id,
+                    points.c.state == "done",
+                    points.c.point_id.in_(point_ids[start : start + IN_CHUNK]),
+                )
+            ).all()
+            params.update({(pid, int(att)): json.loads(pj) for pid, att, pj in rows})
+    out: dict[str, Any] = {}
+    for result_name, key in wanted.items():
+        if key in params:
+            wu, row = canonical[result_name]
+            out[result_name] = hv._Done(key[0], key[1], params[key], wu, row)
+    return out
 
 
 # --------------------------------------------------------------------------- tick

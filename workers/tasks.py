@@ -8,7 +8,7 @@ task name                       what it does
                                 under the app's Redis lock
 ``boinc_pipeline.poll``         (sweep, version): tracks one sweep; marks it complete at the end
 ``boinc_pipeline.harvest``      (sweep, version): finds finished results, fans out chunks
-``boinc_pipeline.harvest_chunk``  (sweep, version, result names): ingests one chunk
+``boinc_pipeline.harvest_chunk``  (sweep, version, result names, files): ingests one chunk
 ``boinc_pipeline.retry``        (sweep, version, reason): resubmits failed points now
 ``boinc_pipeline.submit``       (spec or name, server): records a sweep and tops up its app
 ==============================  ==============================================================
@@ -173,18 +173,27 @@ def harvest(res: Resources, name: str, version: int | None = None) -> dict[str, 
     """Plan one sweep's harvest and queue its chunks as a group."""
     plan = jobs.harvest_plan(res, name, version)
     chunks = plan.pop("chunks")
+    files = plan.pop("files")
     if chunks:
         group(
-            harvest_chunk.s(name, plan["version"], chunk).set(ignore_result=True)
+            harvest_chunk.s(name, plan["version"], chunk, {r: files[r] for r in chunk}).set(
+                ignore_result=True
+            )
             for chunk in chunks
         ).apply_async()
     return {**plan, "chunks": len(chunks)}
 
 
 @pipeline_task("harvest_chunk")
-def harvest_chunk(res: Resources, name: str, version: int, results: list[str]) -> dict[str, Any]:
-    """Ingest one chunk of a sweep's results."""
-    return jobs.harvest_chunk(res, name, version, results)
+def harvest_chunk(
+    res: Resources,
+    name: str,
+    version: int,
+    results: list[str],
+    files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Ingest one chunk of a sweep's results (``files``: where the plan found them)."""
+    return jobs.harvest_chunk(res, name, version, results, files)
 
 
 @pipeline_task("retry")
