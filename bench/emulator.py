@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
+from scratch_db import create_mariadb, drop
 
 from pipeline import boinc
 from pipeline.emulator import Daemons, Project
@@ -56,29 +55,6 @@ TEMPLATE = """<input_template>
 </input_template>
 """
 APP = "#!/bin/sh\nset -e\necho 42 > /root/shared/results/out.txt\n"
-
-
-def _mariadb() -> str | None:
-    try:
-        with socket.create_connection(("127.0.0.1", 3306), timeout=0.5):
-            pass
-    except OSError:
-        return None
-    import pymysql
-
-    name = f"bench_emu_{secrets.token_hex(4)}"
-    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-    conn.cursor().execute(f"CREATE DATABASE `{name}`")
-    conn.close()
-    return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
-
-
-def _drop(url: str) -> None:
-    import pymysql
-
-    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-    conn.cursor().execute(f"DROP DATABASE IF EXISTS `{url.rsplit('/', 1)[1]}`")
-    conn.close()
 
 
 def _setup(root: Path, db_url: str | None) -> Project:
@@ -178,7 +154,7 @@ def main() -> int:
     cores = os.cpu_count() or 1
     print(f"emulator bench: {args.n} workunits, {cores} CPUs, {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
-        maria = _mariadb()
+        maria = create_mariadb("bench_emu")
         try:
             if maria:
                 p = _setup(Path(tmp) / "maria", maria)
@@ -199,7 +175,7 @@ def main() -> int:
             p.close()
         finally:
             if maria:
-                _drop(maria)
+                drop(maria)
         if args.containers:
             _containers(Path(tmp) / "ctr", args.containers)
     return 0

@@ -9,6 +9,12 @@ transport calls). The emulator runs in docker image mode (the fast mode's
 boinc_app loads real layers), with the BOINC DB in MariaDB when reachable.
 
     python bench/submit.py [--fast 10000] [--chunk 5000] [--script 20] [--batch 200] [--no-ssh]
+                           [--root DIR]
+
+``--root`` is the folder the emulated project (and so its download hierarchy)
+lives in; a file system's cost of creating a file bounds fast mode, which
+creates two per workunit, so the run first measures that cost there: empty
+files created with ``os.open`` in a fresh 1024-folder fanout tree.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scratch_db import create_mariadb, drop
+
 from pipeline.boincdb import BoincDB
 from pipeline.emulator import Project
 from pipeline.plan import plan
@@ -37,31 +45,6 @@ from pipeline.submit import ChunkReport, SubmitContext, register_sweep, submit_p
 from pipeline.transport import Transport, open_transport
 
 IMAGE = "boinc-pipeline-test/busybox:latest"
-
-
-def _mariadb() -> str | None:
-    try:
-        with socket.create_connection(("127.0.0.1", 3306), timeout=0.5):
-            pass
-    except OSError:
-        return None
-    import pymysql
-
-    name = f"bench_sub_{secrets.token_hex(4)}"
-    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-    conn.cursor().execute(f"CREATE DATABASE `{name}`")
-    conn.close()
-    return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
-
-
-def _drop(url: str) -> None:
-    if not url.startswith("mysql"):
-        return
-    import pymysql
-
-    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-    conn.cursor().execute(f"DROP DATABASE IF EXISTS `{url.rsplit('/', 1)[1]}`")
-    conn.close()
 
 
 @contextmanager
@@ -142,6 +125,21 @@ def _spec(name: str, mode: str, n: int, params_file: bool) -> SweepSpec:
     )
 
 
+def file_creation_floor(root: Path, n: int = 4000) -> float:
+    """Seconds per new empty file in a fresh 1024-folder tree under ``root`` (folders included)."""
+    tree = Path(tempfile.mkdtemp(prefix="floor-", dir=root))
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            folder = tree / f"{i % 1024:x}"
+            if i < 1024:
+                folder.mkdir()
+            os.close(os.open(folder / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+        return (time.perf_counter() - t0) / n
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
 def round_trip(transport: Transport, n: int = 20) -> float:
     """Median seconds of a bare ``true`` through the transport."""
     times = []
@@ -196,8 +194,8 @@ def run_mode(
 
 def bench_transport(label: str, url_for: Any, args: argparse.Namespace) -> None:
     """Run every mode through one transport kind and print the figures."""
-    root = Path(tempfile.mkdtemp(prefix="bench-submit-"))
-    db_url = _mariadb() or f"sqlite:///{root / 'boinc.sqlite'}"
+    root = Path(tempfile.mkdtemp(prefix="bench-submit-", dir=args.root))
+    db_url = create_mariadb("bench_sub") or f"sqlite:///{root / 'boinc.sqlite'}"
     project = Project.init(root / "project", db_url, root / "results", image_mode="docker")
     boinc = BoincDB(db_url)
     state = StateDB(f"sqlite:///{root / 'state.sqlite'}")
@@ -242,7 +240,7 @@ def bench_transport(label: str, url_for: Any, args: argparse.Namespace) -> None:
     finally:
         boinc.close()
         project.close()
-        _drop(db_url)
+        drop(db_url)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -254,6 +252,7 @@ def main() -> None:
     parser.add_argument("--script", type=int, default=20)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--no-ssh", action="store_true")
+    parser.add_argument("--root", help="folder for the emulated project (default: the temp dir)")
     args = parser.parse_args()
     import docker
 
@@ -264,6 +263,11 @@ def main() -> None:
             f"{IMAGE} is needed (docker image mode); run the test suite once to build it: {exc}"
         ) from exc
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    floor = file_creation_floor(Path(args.root or tempfile.gettempdir()))
+    print(
+        f"file creation under {args.root or tempfile.gettempdir()}: {floor * 1e6:.0f} us per "
+        f"new file, so at most {1 / (2 * floor):,.0f} wu/s for fast mode's two files per workunit"
+    )
     bench_transport("local", lambda root: f"local://{root}", args)
     if not args.no_ssh:
         with sshd() as (port, key, known):
