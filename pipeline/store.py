@@ -40,7 +40,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,24 +238,41 @@ class ResultStore:
         content_hashes: dict[str, str] | None = None,
         *,
         results: Sequence[str] | None = None,
+        amend: Callable[[], Callable[[Any], Any] | None] | None = None,
     ) -> str | None:
         """Write the rows of claimed results as one part, exactly once; return the part's name.
 
         ``data`` is a pyarrow Table, or an iterable of Tables / RecordBatches that
-        is written as it comes (memory stays flat for a huge point); ``results``
-        names the claimed results the rows belong to (all of the claim's by
-        default). Results with no rows at all are committed without a part, and
-        None is returned. Raises HarvestError when a claim was lost (its lease
-        expired and recovery released it); nothing is then written.
+        is written as it comes (memory stays flat for a huge point); an exception
+        it raises part-way removes what was staged and commits nothing.
+        ``results`` names the claimed results the rows belong to (all of the
+        claim's by default); ``content_hashes`` is read once ``data`` is
+        exhausted, so an iterator may add a hash it learns at its end.
+        ``amend``, when given, is called once ``data`` is exhausted; when it
+        returns a function, the staged rows are read back one row group at a
+        time, passed through it and written again before the commit (for
+        columns known only after the rows: an archive's one-row outputs that
+        come after its large table). Results with no rows at all are committed
+        without a part, and None is returned. Raises HarvestError when a claim
+        was lost (its lease expired and recovery released it); nothing is then
+        written.
         """
         names = list(claim.results) if results is None else list(results)
         if not names:
             return None
         sweep = claim.sweep
-        part: str | None = f"part-{time.time_ns():x}-{claim.token}.parquet"
+        part: str | None = self._part_name(claim.token)
         staged = self._staged_path(sweep.name, str(part))
         try:
             rows = self._write_part(staged, data)
+            transform = amend() if amend is not None else None
+            if transform is not None and rows:
+                first, part = staged, self._part_name(claim.token)
+                staged = self._staged_path(sweep.name, part)
+                try:
+                    rows = self._rewrite_part(first, staged, transform)
+                finally:
+                    self._remove(first)
         except BaseException:
             self._remove(staged)
             raise
@@ -263,7 +280,7 @@ class ResultStore:
         if not rows:
             self._remove(staged)
             part = None
-        hashes = content_hashes or {}
+        hashes = content_hashes if content_hashes is not None else {}
         now = time.time()
         try:
             with self.state.engine.begin() as conn:
@@ -322,6 +339,19 @@ class ResultStore:
         if part is not None:
             self._publish(sweep.name, sweep.version, part)
         return part
+
+    @staticmethod
+    def _part_name(token: str) -> str:
+        return f"part-{time.time_ns():x}-{token}.parquet"
+
+    def _rewrite_part(self, source: str, path: str, transform: Callable[[Any], Any]) -> int:
+        """Write the rows of the part file ``source`` to ``path``, each row group transformed."""
+        import pyarrow.parquet as pq
+
+        with self.fs.open_input_file(source) as f:
+            reader = pq.ParquetFile(f)
+            groups = (transform(reader.read_row_group(i)) for i in range(reader.num_row_groups))
+            return self._write_part(path, groups)
 
     def _write_part(self, path: str, data: Any) -> int:
         """Write a Table or an iterable of Tables/RecordBatches to ``path``; return the rows."""

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
+import sqlalchemy as sa
 
 from pipeline.errors import HarvestError
-from pipeline.state import StateDB, SweepRecord
+from pipeline.state import StateDB, SweepRecord, ledger
 from pipeline.store import Candidate, ResultStore
 
 
@@ -78,6 +80,57 @@ def test_rejected_result_frees_its_point(state: StateDB, tmp_path: Path) -> None
     assert store.commit(claim, _rows([])) is None
     retry = store.claim(sweep, _cands(1, attempt=2))
     assert len(retry.results) == 1
+
+
+def test_amend_completes_the_rows_once_they_are_all_written(state: StateDB, tmp_path: Path) -> None:
+    sweep = _sweep(state)
+    store = ResultStore(state, str(tmp_path))
+    cands = _cands(2)
+    claim = store.claim(sweep, cands)
+    rows = _rows(cands, per=3)
+    hashes: dict[str, str] = {}
+    seen: list[int] = []
+
+    def pieces() -> Iterator[pa.RecordBatch]:
+        yield from rows.to_batches(max_chunksize=2)
+        hashes.update({c.result_name: "h" for c in cands})  # learned at the end
+
+    def amend() -> Callable[[Any], Any]:
+        seen.append(1)
+        return lambda t: t.append_column("late", pa.repeat(1.5, t.num_rows))
+
+    part = store.commit(claim, pieces(), hashes, amend=amend)
+    assert part is not None
+    assert seen == [1]
+    assert [p.name for p in (tmp_path / "grid" / "version=1").glob("*.parquet")] == [part]
+    assert not list((tmp_path / "_staging").rglob("*.parquet"))
+    df = store.read("grid")
+    assert list(df.columns) == ["point_id", "y", "late"]
+    assert (len(df), set(df["late"])) == (6, {1.5})
+    with state.engine.connect() as conn:
+        got = conn.execute(sa.select(ledger.c.content_hash, ledger.c.part)).all()
+    assert set(got) == {("h", part)}
+
+
+def test_amend_dropping_every_row_or_failing_leaves_no_part(state: StateDB, tmp_path: Path) -> None:
+    sweep = _sweep(state)
+    store = ResultStore(state, str(tmp_path))
+    (first,), (second,) = _cands(1), _cands(1, start=1)
+    claim = store.claim(sweep, [first, second])
+    none = store.commit(
+        claim, _rows([first]), results=[first.result_name], amend=lambda: lambda t: t.slice(0, 0)
+    )
+    assert none is None
+
+    def broken(_t: Any) -> Any:
+        raise HarvestError("spoiled at the end")
+
+    with pytest.raises(HarvestError, match="spoiled"):
+        store.commit(claim, _rows([second]), results=[second.result_name], amend=lambda: broken)
+    assert not list(tmp_path.rglob("*.parquet"))
+    with state.engine.connect() as conn:
+        states = dict(conn.execute(sa.select(ledger.c.result_name, ledger.c.state)).all())
+    assert states == {first.result_name: "committed", second.result_name: "claimed"}
 
 
 def test_expired_claim_is_released_and_cannot_commit(state: StateDB, tmp_path: Path) -> None:
