@@ -26,7 +26,6 @@ metadata columns in :data:`META_COLUMNS`.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import posixpath
 import time
 from collections import Counter
@@ -38,8 +37,7 @@ from zoneinfo import ZoneInfo
 from pipeline.archive import (
     DEFAULT_LIMITS,
     ArchiveLimits,
-    Member,
-    iter_members,
+    ResultArchive,
     iter_result_archives,
 )
 from pipeline.boinc import parse_result_file
@@ -51,7 +49,7 @@ from pipeline.errors import (
     ParseError,
     RemoteFileError,
 )
-from pipeline.parse import assemble_stream
+from pipeline.parse import OutputProblem, PointRows, assemble_stream
 from pipeline.plan import sweep_name_prefix, wu_name
 from pipeline.spec import SweepSpec
 from pipeline.state import StateDB, SweepRecord
@@ -279,6 +277,8 @@ def _mark_lost(
 
 #: Archives larger than this (compressed) are committed as a part of their own, streamed.
 STREAM_POINT_BYTES = 16 * 1024 * 1024
+#: csv/tsv/jsonl members larger than this (uncompressed) are parsed as streams.
+STREAM_MEMBER_BYTES = 32 * 1024 * 1024
 #: Block size for streaming a large csv/tsv/jsonl output. pyarrow's streaming CSV
 #: reader holds about 45 times its block size in memory (measured: 1 MiB blocks
 #: about 60 MB, 4 MiB blocks about 185 MB), so blocks stay small.
@@ -315,21 +315,22 @@ def _harvest_chunk(
                 item = by_result[name]
                 meta = _metadata(sweep, item, files[name], harvested_at)
                 try:
-                    data = archive.read_bytes()
-                    digest = archive.sha256
-                    rows = assemble_stream(
-                        list(spec.outputs), _reader(data, limits), block_size=STREAM_BLOCK_BYTES
+                    point = assemble_stream(
+                        list(spec.outputs),
+                        archive.members(),
+                        stream_above=STREAM_MEMBER_BYTES,
+                        block_size=STREAM_BLOCK_BYTES,
                     )
-                    if rows.problems:
-                        reason = "; ".join(f"{p.output}: {p}" for p in rows.problems)
-                        bad[name] = (reason, digest)
-                        report.bad_output[rows.problems[0].code] += 1
-                        continue
-                    decorated = (_decorate(b, item.params, meta) for b in rows.batches)
+                    rows = _PointPieces(point, archive, item.params, meta, batch)
                     if archive.size > STREAM_POINT_BYTES:
-                        batch.commit_alone(name, decorated, digest)
+                        batch.commit_alone(name, rows)
                     else:
-                        batch.add(name, list(decorated), digest)
+                        pieces = rows.collect()
+                        batch.add(name, pieces, rows.digest)
+                except _Spoiled as exc:
+                    problems = exc.problems
+                    bad[name] = ("; ".join(f"{p.output}: {p}" for p in problems), exc.digest)
+                    report.bad_output[problems[0].code] += 1
                 except ArchiveRejected as exc:
                     bad[name] = (f"{exc.reason}: {exc}", None)
                     report.bad_output[exc.reason] += 1
@@ -362,13 +363,61 @@ def _harvest_chunk(
         state.log_event("harvest", f"ingested {len(batch.ingested)} result(s)", sweep_id=sweep.id)
 
 
-def _reader(data: bytes, limits: ArchiveLimits) -> Callable[[], Iterator[Member]]:
-    """Return a function giving a fresh pass over the members of an archive held in memory."""
+class _Spoiled(HarvestError):
+    """A point's outputs break the combination rules (missing, row_conflict, ...)."""
 
-    def members() -> Iterator[Member]:
-        return iter_members(io.BytesIO(data), limits)
+    def __init__(self, problems: list[OutputProblem], digest: str) -> None:
+        self.problems = problems
+        self.digest = digest
+        super().__init__("; ".join(str(p) for p in problems))
 
-    return members
+
+class _PointPieces:
+    """The rows of one point with its parameters and metadata, read in one pass over its archive.
+
+    Iterating gives the decorated pieces as the archive is read (a streamed
+    output's rows before the archive has been read whole); at the end it
+    raises :class:`_Spoiled` when the outputs break the rules, and sets
+    :attr:`digest`. Pieces given before the point's late one-row outputs were
+    read lack their columns: :meth:`amend` says how to complete them.
+    """
+
+    def __init__(
+        self,
+        point: PointRows,
+        archive: ResultArchive,
+        params: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        chunk: _ChunkRows,
+    ) -> None:
+        self.point = point
+        self.archive = archive
+        self.params = params
+        self.meta = meta
+        self.chunk = chunk
+        self.digest = ""
+
+    def __iter__(self) -> Iterator[Any]:
+        point = self.point
+        for piece in point.batches:
+            yield piece if point.incomplete else _decorate(piece, self.params, self.meta)
+            self.chunk.renew_if_due()
+        self.digest = self.archive.sha256
+        if point.problems:
+            raise _Spoiled(point.problems, self.digest)
+
+    def complete(self, piece: Any) -> Any:
+        """Return a piece given before the late one-row outputs, completed and decorated."""
+        return _decorate(self.point.finish(piece), self.params, self.meta)
+
+    def amend(self) -> Callable[[Any], Any] | None:
+        """After the iteration: the function completing the pieces given, if they need one."""
+        return self.complete if self.point.incomplete else None
+
+    def collect(self) -> list[Any]:
+        """Read the whole point and return its finished pieces."""
+        pieces = list(self)
+        return [self.complete(p) for p in pieces] if self.point.incomplete else pieces
 
 
 class _ChunkRows:
@@ -399,13 +448,21 @@ class _ChunkRows:
         if self.size >= self.FLUSH_BYTES:
             self.flush()
 
-    def commit_alone(self, name: str, batches: Iterator[Any], digest: str) -> None:
-        """Stream one large point's rows into a part of its own."""
+    def commit_alone(self, name: str, rows: _PointPieces) -> None:
+        """Stream one large point's rows into a part of its own as its archive is read."""
+        hashes: dict[str, str] = {}
+
+        def pieces() -> Iterator[Any]:
+            yield from rows
+            hashes[name] = rows.digest  # read by commit once the pieces are exhausted
+
+        counted = _Counter()
         part = self.store.commit(
-            self.claim, _counting(batches, self.report), {name: digest}, results=[name]
+            self.claim, counted.count(pieces()), hashes, results=[name], amend=rows.amend
         )
         if part:
             self.report.parts.append(part)
+        self.report.rows += counted.rows if part else 0
         self.ingested.append(name)
         self.report.ingested += 1
 
@@ -429,10 +486,16 @@ class _ChunkRows:
             self.renewed = time.monotonic()
 
 
-def _counting(batches: Iterator[Any], report: HarvestReport) -> Iterator[Any]:
-    for b in batches:
-        report.rows += b.num_rows
-        yield b
+class _Counter:
+    """Counts the rows of the pieces passing through :meth:`count`."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def count(self, pieces: Iterator[Any]) -> Iterator[Any]:
+        for piece in pieces:
+            self.rows += piece.num_rows
+            yield piece
 
 
 def _concat(tables: list[Any]) -> Iterator[Any]:

@@ -54,7 +54,7 @@ import json
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import IO, Any, Protocol
 
@@ -651,99 +651,241 @@ def assemble_rows(
     return _combine(tables)
 
 
-@dataclass
 class PointRows:
-    """The rows of one point, as record batches; ``problems`` empty means the rows are good.
+    """The rows of one point, read in a single pass over its archive's members.
 
-    ``batches`` is a single-use iterator. When an output is streamed it may
-    still raise ParseError part-way; whatever was taken from it must then be
-    discarded.
+    Iterate :attr:`batches` once, to the end: it yields the point's rows as
+    pieces (Tables or RecordBatches) while it reads the members, so a streamed
+    output's rows come out before the archive has been read whole. Only once
+    it is exhausted are :attr:`problems` and :attr:`late` final:
+
+    * ``problems`` not empty: the point is spoiled; discard every piece taken;
+    * ``late`` not None: the pieces were given while :attr:`incomplete` was
+      true, before some one-row outputs had been read (they sit after the
+      large table in the archive); pass every piece through :meth:`finish`.
+
+    The iteration may also raise ParseError part-way (a streamed output that
+    does not parse), or whatever the member iterator raises (a rejected
+    archive); whatever was taken must then be discarded.
     """
 
-    problems: list[OutputProblem]
-    batches: Iterator[pa.RecordBatch] = field(default_factory=lambda: iter(()))
+    def __init__(
+        self,
+        outputs: list[OutputLike],
+        members: Iterable[MemberLike],
+        *,
+        stream_above: int,
+        max_in_memory: int,
+        block_size: int,
+    ) -> None:
+        self.problems: list[OutputProblem] = []
+        self.late: pa.Table | None = None
+        self.incomplete = False
+        self._outputs = outputs
+        self._stream_above = stream_above
+        self._max_in_memory = max_in_memory
+        self._block_size = block_size
+        self._streamed: OutputLike | None = None
+        self._constants: pa.Table | None = None
+        self._schema: pa.Schema | None = None
+        self.batches: Iterator[Any] = self._read(members)
 
+    def finish(self, piece: Any) -> Any:
+        """Return a piece given while :attr:`incomplete`, with the late one-row columns added."""
+        late = self.late
+        if late is None:
+            return piece
+        if late.num_rows == 0:
+            return piece.slice(0, 0)  # an output with no rows: the point has none
+        return _append_constants(piece, late)
 
-def assemble_stream(
-    outputs: list[OutputLike],
-    open_members: Callable[[], Iterable[MemberLike]],
-    *,
-    stream_above: int = 32 * MiB,
-    max_in_memory: int = 512 * MiB,
-    block_size: int = 4 * MiB,
-) -> PointRows:
-    """Like :func:`assemble_rows`, but csv/tsv/jsonl members above ``stream_above`` are streamed.
-
-    ``open_members`` returns a fresh pass over the archive's members (for
-    example ``lambda: iter_members(io.BytesIO(data), limits)``); it is called
-    once, and a second time only when a member is to be streamed, so that the
-    one-row outputs are known before the large one is read, wherever it sits
-    in the archive. The streamed output counts as the one giving several rows.
-    Members of other kinds above ``max_in_memory`` are a ``too_large`` problem.
-    """
-    wanted = [(spec, spec.file) for spec in outputs]
-    small: dict[str, bytes] = {}
-    large: dict[str, list[str]] = {}  # output file -> member names to stream
-    problems: list[OutputProblem] = []
-    for member in open_members():
-        specs = [s for s, f in wanted if fnmatchcase(member.name, f)]
-        if not specs:
-            continue
-        big = member.size > stream_above
-        if big and all(s.kind in STREAMABLE_KINDS for s in specs):
-            for s in specs:
-                large.setdefault(s.file, []).append(member.name)
-            continue
-        if member.size > max_in_memory:
-            for s in specs:
-                problems.append(
+    def _read(self, members: Iterable[MemberLike]) -> Iterator[Any]:
+        small: dict[str, bytes] = {}
+        problems = self.problems
+        for member in members:
+            specs = [s for s in self._outputs if fnmatchcase(member.name, s.file)]
+            if not specs:
+                continue
+            big = member.size > self._stream_above
+            if big and all(s.kind in STREAMABLE_KINDS for s in specs):
+                streamed = self._streamed
+                files = sorted({s.file for s in specs} | ({streamed.file} if streamed else set()))
+                if len(files) > 1 and not problems:
+                    problems += [
+                        OutputProblem(
+                            f,
+                            "row_conflict",
+                            f"outputs {files} are all large tables; "
+                            "only one output may give several rows per point",
+                        )
+                        for f in files
+                    ]
+                if problems:
+                    continue  # the rest is only validated (the iterator reads it)
+                if streamed is None:
+                    streamed = self._streamed = specs[0]
+                    if not self._start_stream(small):
+                        continue
+                    if self._gives_rows():
+                        for held in _match(streamed, small):
+                            table = parse_output(streamed, small[held], held)
+                            yield from self._emit(_decorate(streamed, table, held), held)
+                if not self._gives_rows():
+                    continue  # another output has no rows: the point has none
+                with member.stream(self._block_size) as f:
+                    for batch in iter_batches(
+                        streamed, f, member.name, block_size=self._block_size
+                    ):
+                        yield from self._emit(_decorate(streamed, batch, member.name), member.name)
+                continue
+            if member.size > self._max_in_memory:
+                problems += [
                     OutputProblem(
                         s.file,
                         "too_large",
                         f"{member.name} has {member.size} bytes; kind {s.kind!r} is parsed in "
-                        f"memory, up to {max_in_memory} bytes",
+                        f"memory, up to {self._max_in_memory} bytes",
                     )
-                )
-            continue
-        small[member.name] = member.read()
-    if problems:
-        return PointRows(problems)
-    in_memory = [s for s in outputs if s.file not in large]
-    table, problems = assemble_rows(in_memory, small)
-    if problems or not large:
-        return PointRows(problems, iter(table.to_batches()) if not problems else iter(()))
-    if len(large) > 1:
-        files = sorted(large)
-        return PointRows(
-            [
-                OutputProblem(
-                    f,
-                    "row_conflict",
-                    f"outputs {files} are all large tables; "
-                    "only one output may give several rows per point",
-                )
-                for f in files
-            ]
-        )
-    ((stream_file, names),) = large.items()
-    spec = next(s for s in outputs if s.file == stream_file)
-    if table.num_rows == 0:
-        return PointRows([])  # an output with no rows: the point has none
-    if table.num_rows > 1:
-        many = [s.file for s in in_memory if s.file in _multi_row_files(in_memory, small)]
-        detail = ", ".join([*many, f"{stream_file} (streamed)"])
-        return PointRows(
-            [
+                    for s in specs
+                ]
+                continue
+            if problems:
+                continue
+            data = member.read()
+            streamed = self._streamed
+            if streamed is not None and any(s is streamed for s in specs):
+                # A small member of the streamed output: its rows join the stream.
+                if self._gives_rows():
+                    table = parse_output(streamed, data, member.name)
+                    yield from self._emit(_decorate(streamed, table, member.name), member.name)
+                if all(s is streamed for s in specs):
+                    continue
+            small[member.name] = data
+        if problems:
+            return
+        streamed = self._streamed
+        if streamed is None:
+            table, found = assemble_rows(self._outputs, small)
+            problems += found
+            if not found and table.num_rows:
+                yield table
+            return
+        if self.incomplete:
+            self._finish_late(streamed, small)
+
+    def _gives_rows(self) -> bool:
+        return self._constants is None or self._constants.num_rows > 0
+
+    def _others(self, streamed: OutputLike) -> list[OutputLike]:
+        return [s for s in self._outputs if s.file != streamed.file]
+
+    def _start_stream(self, small: Mapping[str, bytes]) -> bool:
+        """Settle the one-row columns if every other output is already read; False on problems."""
+        streamed = self._streamed
+        assert streamed is not None
+        others = self._others(streamed)
+        if not all(not is_glob(s.file) and s.file in small for s in others):
+            # Another output may still come (a glob, an output not read yet): its
+            # columns are added at the end (:attr:`late`).
+            self.incomplete = True
+            return True
+        constants = self._one_row(streamed, others, small)
+        if constants is None:
+            return False
+        self._constants = constants
+        return True
+
+    def _one_row(
+        self, streamed: OutputLike, others: list[OutputLike], small: Mapping[str, bytes]
+    ) -> pa.Table | None:
+        """Return the one-row (or no-row) table of the other outputs, or None with problems."""
+        table, found = assemble_rows(others, small)
+        if found:
+            self.problems += found
+            return None
+        if table.num_rows > 1:
+            many = [s.file for s in others if s.file in _multi_row_files(others, small)]
+            detail = ", ".join([*many, f"{streamed.file} (streamed)"])
+            self.problems += [
                 OutputProblem(
                     f,
                     "row_conflict",
                     f"several outputs give several rows: {detail}; only one output may give "
                     "several rows per point: write them to one file, or harvest them separately",
                 )
-                for f in [*many, stream_file]
+                for f in [*many, streamed.file]
             ]
+            return None
+        return table
+
+    def _finish_late(self, streamed: OutputLike, small: Mapping[str, bytes]) -> None:
+        late = self._one_row(streamed, self._others(streamed), small)
+        if late is None:
+            return
+        if self._schema is not None:
+            _check_clash(self._schema, late, streamed)
+        self.late = late
+
+    def _emit(self, piece: Any, member: str) -> Iterator[Any]:
+        streamed = self._streamed
+        assert streamed is not None
+        constants = self._constants
+        if self._schema is None and constants is not None:
+            _check_clash(piece.schema, constants, streamed)
+        if constants is not None:
+            piece = _append_constants(piece, constants)
+        tables = isinstance(piece, pa.Table)
+        for batch in piece.combine_chunks().to_batches() if tables else [piece]:
+            if self._schema is None:
+                self._schema = batch.schema
+            yield _conform(batch, self._schema, member)
+
+
+def _append_constants(piece: Any, constants: pa.Table) -> Any:
+    """Append the columns of a one-row table to every row of a Table or RecordBatch."""
+    n = piece.num_rows
+    for c in constants.column_names:
+        col = constants.column(c)
+        piece = piece.append_column(c, pa.repeat(col[0], n) if n else pa.array([], type=col.type))
+    return piece
+
+
+def _check_clash(schema: pa.Schema, constants: pa.Table, streamed: OutputLike) -> None:
+    clash = set(schema.names) & set(constants.column_names)
+    if clash:
+        raise ParseError(
+            f"column {sorted(clash)[0]!r} of {streamed.file} is also given by another "
+            "output; set a prefix on one of them"
         )
-    return PointRows([], _stream_batches(spec, names, table, open_members, block_size))
+
+
+def assemble_stream(
+    outputs: list[OutputLike],
+    members: Iterable[MemberLike],
+    *,
+    stream_above: int = 32 * MiB,
+    max_in_memory: int = 512 * MiB,
+    block_size: int = 4 * MiB,
+) -> PointRows:
+    """Like :func:`assemble_rows`, in one pass over ``members``; large tables are streamed.
+
+    ``members`` is read once, in archive order (for example
+    ``ResultArchive.members()``): csv/tsv/jsonl members above ``stream_above``
+    are parsed as streams and their rows given as they are read, in blocks of
+    ``block_size``; the other members are read into memory. The streamed
+    output counts as the one giving several rows; the columns of the one-row
+    outputs are added to its rows at once when those outputs came first in the
+    archive, else at the end (:attr:`PointRows.late`). Members of other kinds
+    above ``max_in_memory`` are a ``too_large`` problem. Nothing is checked
+    until the returned :attr:`PointRows.batches` is iterated.
+    """
+    return PointRows(
+        list(outputs),
+        members,
+        stream_above=stream_above,
+        max_in_memory=max_in_memory,
+        block_size=block_size,
+    )
 
 
 def _multi_row_files(outputs: list[OutputLike], members: Mapping[str, bytes]) -> set[str]:
@@ -753,33 +895,3 @@ def _multi_row_files(outputs: list[OutputLike], members: Mapping[str, bytes]) ->
         if names and _parse_matched(spec, members, names).num_rows > 1:
             out.add(spec.file)
     return out
-
-
-def _stream_batches(
-    spec: OutputLike,
-    names: list[str],
-    constants: pa.Table,
-    open_members: Callable[[], Iterable[MemberLike]],
-    block_size: int,
-) -> Iterator[pa.RecordBatch]:
-    schema: pa.Schema | None = None
-    wanted = set(names)
-    for member in open_members():
-        if member.name not in wanted:
-            continue
-        with member.stream(block_size) as f:
-            for batch in iter_batches(spec, f, member.name, block_size=block_size):
-                batch = _decorate(spec, batch, member.name)
-                if schema is None:
-                    clash = set(batch.schema.names) & set(constants.column_names)
-                    if clash:
-                        raise ParseError(
-                            f"column {sorted(clash)[0]!r} of {spec.file} is also given by another "
-                            "output; set a prefix on one of them"
-                        )
-                for c in constants.column_names:
-                    col = constants.column(c)
-                    batch = batch.append_column(c, pa.repeat(col[0], batch.num_rows))
-                if schema is None:
-                    schema = batch.schema
-                yield _conform(batch, schema, member.name)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pipeline.archive import ArchiveLimits, iter_members, read_members
 from pipeline.errors import ParseError
 from pipeline.parse import (
+    PointRows,
     assemble_rows,
     assemble_stream,
     convert_value,
@@ -406,25 +407,95 @@ def _archive_with_big_csv_first(rows: int) -> bytes:
     return tgz([Entry("a_table.csv", csv.encode()), Entry("z_params.txt", b"h0=70\nrun=7\n")])
 
 
-def test_assemble_stream_two_passes_match_assemble_rows() -> None:
-    data = _archive_with_big_csv_first(20_000)
-    outputs = [out("z_params.txt", "keyvalue"), out("a_table.csv", "csv")]
-    opened = []
+class _Counted:
+    """The members of an archive in memory, counting the passes made over them."""
 
-    def open_members() -> Iterator[Any]:
-        opened.append(1)
-        return iter_members(io.BytesIO(data))
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.passes = 0
 
-    point = assemble_stream(outputs, open_members, stream_above=1000, block_size=16_384)
+    def __call__(self) -> Iterator[Any]:
+        self.passes += 1
+        return iter_members(io.BytesIO(self.data))
+
+
+def _rows(point: PointRows) -> pa.Table:
+    """Drain a point and return its finished rows (pieces are Tables or RecordBatches)."""
+    pieces = [point.finish(p) for p in list(point.batches)]
     assert point.problems == []
-    streamed = pa.Table.from_batches(list(point.batches))
+    return pa.concat_tables(
+        p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in pieces
+    )
+
+
+def test_assemble_stream_one_pass_with_late_one_row_outputs() -> None:
+    members = _Counted(_archive_with_big_csv_first(20_000))
+    outputs = [out("z_params.txt", "keyvalue"), out("a_table.csv", "csv")]
+    expected, problems = assemble_rows(outputs, read_members(io.BytesIO(members.data)))
+    assert problems == []
+    point = assemble_stream(outputs, members(), stream_above=1000, block_size=16_384)
+    pieces = list(point.batches)
+    assert len(pieces) > 1
+    # The table came before the one-row output: its pieces lack that output's columns.
+    assert point.incomplete
+    assert pieces[0].schema.names == ["x", "y"]
+    assert point.late is not None
+    assert point.late.to_pylist() == [{"h0": 70, "run": 7}]
+    assert pa.Table.from_batches([point.finish(p) for p in pieces]).equals(expected)
+    small = assemble_stream(outputs, members(), stream_above=10 * MiB)
+    assert not small.incomplete
+    assert _rows(small).equals(expected)
+    assert members.passes == 2  # one per assembly
+
+
+def test_assemble_stream_one_row_outputs_read_first_are_added_at_once() -> None:
+    csv = "x,y\n" + "".join(f"{i},{i % 7}\n" for i in range(5000))
+    data = tgz([Entry("a_params.txt", b"h0=70\n"), Entry("b_table.csv", csv.encode())])
+    outputs = [out("a_params.txt", "keyvalue"), out("b_table.csv", "csv")]
+    point = assemble_stream(outputs, iter_members(io.BytesIO(data)), stream_above=1000)
+    pieces = list(point.batches)
+    assert point.problems == []
+    assert not point.incomplete
+    assert point.late is None
+    table = pa.Table.from_batches(pieces)
+    assert table.column_names == ["x", "y", "h0"]
+    assert table.num_rows == 5000
+    assert set(table.column("h0").to_pylist()) == {70}
+
+
+def test_assemble_stream_glob_output_keeps_small_and_large_members() -> None:
+    big = "i\n" + "".join(f"{i}\n" for i in range(3000))
+    data = tgz(
+        [
+            Entry("chains/a.csv", b"i\n-1\n"),
+            Entry("chains/b.csv", big.encode()),
+            Entry("chains/c.csv", b"i\n-2\n-3\n"),
+            Entry("z.json", b'{"seed": 4}'),
+        ]
+    )
+    outputs = [out("chains/*.csv", "csv"), out("z.json", "json")]
     expected, problems = assemble_rows(outputs, read_members(io.BytesIO(data)))
     assert problems == []
-    assert streamed.equals(expected)
-    assert len(opened) == 2
-    small = assemble_stream(outputs, open_members, stream_above=10 * MiB)
-    assert pa.Table.from_batches(list(small.batches)).equals(expected)
-    assert len(opened) == 3  # nothing large: one pass
+    point = assemble_stream(outputs, iter_members(io.BytesIO(data)), stream_above=1000)
+    table = _rows(point)
+    assert table.num_rows == 3003 == expected.num_rows
+    assert table.column_names == expected.column_names == ["i", "output_file", "seed"]
+    files_seen = table.column("output_file").to_pylist()
+    assert [files_seen.count(f"chains/{f}.csv") for f in "abc"] == [1, 3000, 2]
+    assert sorted(table.column("i").to_pylist()) == sorted(expected.column("i").to_pylist())
+
+
+def test_assemble_stream_output_without_rows_gives_the_point_none() -> None:
+    csv = ("x\n" + "".join(f"{i}\n" for i in range(3000))).encode()
+    header_only = b"h\n"
+    late = tgz([Entry("a.csv", csv), Entry("b.csv", header_only)])
+    outputs = [out("a.csv", "csv"), out("b.csv", "csv")]
+    point = assemble_stream(outputs, iter_members(io.BytesIO(late)), stream_above=1000)
+    assert _rows(point).num_rows == 0
+    first = tgz([Entry("b.csv", header_only), Entry("a.csv", csv)])
+    point = assemble_stream(outputs, iter_members(io.BytesIO(first)), stream_above=1000)
+    assert list(point.batches) == []
+    assert point.problems == []
 
 
 def test_assemble_stream_problems() -> None:
@@ -436,21 +507,24 @@ def test_assemble_stream_problems() -> None:
         ]
     )
 
-    def opener() -> Iterator[Any]:
-        return iter_members(io.BytesIO(data))
+    def assemble(outputs: list[OutputSpec], **kw: Any) -> PointRows:
+        point = assemble_stream(outputs, iter_members(io.BytesIO(data)), **kw)
+        list(point.batches)
+        return point
 
-    conflict = assemble_stream([out("a.csv", "csv"), out("b.csv", "csv")], opener, stream_above=100)
+    conflict = assemble([out("a.csv", "csv"), out("b.csv", "csv")], stream_above=100)
     assert {p.code for p in conflict.problems} == {"row_conflict"}
     assert "a.csv (streamed)" in conflict.problems[0].message
-    clash = assemble_stream(
-        [out("a.csv", "csv"), out("c.txt", "keyvalue")], opener, stream_above=100
-    )
-    assert clash.problems == []
+    two_large = assemble([out("a.csv", "csv"), out("*.txt", "csv")], stream_above=3)
+    assert {(p.output, p.code) for p in two_large.problems} == {
+        ("a.csv", "row_conflict"),
+        ("*.txt", "row_conflict"),
+    }
     with pytest.raises(ParseError, match="column 'x'"):
-        list(clash.batches)
-    too_big = assemble_stream([out("a.csv", "json")], opener, stream_above=100, max_in_memory=1000)
+        assemble([out("a.csv", "csv"), out("c.txt", "keyvalue")], stream_above=100)
+    too_big = assemble([out("a.csv", "json")], stream_above=100, max_in_memory=1000)
     assert [p.code for p in too_big.problems] == ["too_large"]
-    missing = assemble_stream([out("nope.csv", "csv")], opener)
+    missing = assemble([out("nope.csv", "csv")])
     assert [p.code for p in missing.problems] == ["missing"]
 
 
@@ -479,7 +553,7 @@ def test_streaming_a_large_csv_member_in_bounded_memory() -> None:
     try:
         point = assemble_stream(
             [out("big.csv", "csv")],
-            lambda: iter_members(io.BytesIO(data), ArchiveLimits()),
+            iter_members(io.BytesIO(data), ArchiveLimits()),
             block_size=4 * MiB,
         )
         n = 0
