@@ -12,9 +12,23 @@ is for tests and the demo harness::
 See ``docs/emulator.md`` for the command line, the image modes and ``--faults``.
 """
 
-from pipeline.emulator.daemons import Clock, Daemons, status_counts
-from pipeline.emulator.faults import FAULT_KINDS, Faults
-from pipeline.emulator.project import DEFAULT_APP, IMAGE_MODES, Project
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public names and their modules, imported on first use: the ``bin/`` tools
+#: import :mod:`pipeline.emulator.tools` only, and start faster without the daemons.
+_EXPORTS: dict[str, str] = {
+    "Clock": "pipeline.emulator.daemons",
+    "Daemons": "pipeline.emulator.daemons",
+    "status_counts": "pipeline.emulator.daemons",
+    "FAULT_KINDS": "pipeline.emulator.faults",
+    "Faults": "pipeline.emulator.faults",
+    "DEFAULT_APP": "pipeline.emulator.project",
+    "IMAGE_MODES": "pipeline.emulator.project",
+    "Project": "pipeline.emulator.project",
+}
 
 __all__ = [
     "DEFAULT_APP",
@@ -26,3 +40,16 @@ __all__ = [
     "Project",
     "status_counts",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline.emulator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
