@@ -65,6 +65,7 @@ import pyarrow.csv as pa_csv
 from pipeline.errors import ParseError
 
 __all__ = [
+    "SMALL_CSV_BYTES",
     "STREAMABLE_KINDS",
     "MemberLike",
     "OutputLike",
@@ -229,12 +230,34 @@ def _check_names(table_or_schema: pa.Table | pa.Schema) -> None:
         seen.add(n)
 
 
+#: csv/tsv data below this size is parsed as one block on the calling thread.
+SMALL_CSV_BYTES = MiB
+_ONE_BLOCK = pa_csv.ReadOptions(block_size=SMALL_CSV_BYTES, use_threads=False)
+
+
 def _parse_csv(spec: OutputLike, data: bytes) -> pa.Table:
-    read = pa_csv.ReadOptions(block_size=max(len(data) + 1, MiB))
+    """Parse csv/tsv bytes; the types are inferred from the whole data either way.
+
+    Small data (most outputs: a few rows) goes through the streaming reader in
+    one block without threads: ``read_csv`` hands every call to Arrow's thread
+    pools (and without threads starts a read-ahead thread per call), which
+    costs more than parsing a few kilobytes, and much more on a busy machine.
+    Larger data is read by ``read_csv`` in one block, converted in parallel.
+    """
     try:
-        table = pa_csv.read_csv(
-            io.BytesIO(data), read_options=read, parse_options=_csv_options(spec)
-        )
+        if len(data) < SMALL_CSV_BYTES:
+            reader = pa_csv.open_csv(
+                pa.BufferReader(data), read_options=_ONE_BLOCK, parse_options=_csv_options(spec)
+            )
+            try:
+                table = reader.read_all()
+            finally:
+                reader.close()
+        else:
+            read = pa_csv.ReadOptions(block_size=len(data) + 1)
+            table = pa_csv.read_csv(
+                pa.BufferReader(data), read_options=read, parse_options=_csv_options(spec)
+            )
     except pa.ArrowInvalid as exc:
         if "Empty CSV file" in str(exc):
             return _empty(0)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pipeline.archive import ArchiveLimits, iter_members, read_members
 from pipeline.errors import ParseError
 from pipeline.parse import (
+    SMALL_CSV_BYTES,
     PointRows,
     assemble_rows,
     assemble_stream,
@@ -71,6 +72,17 @@ def test_empty_csv_and_header_only() -> None:
     assert (empty.num_rows, empty.num_columns) == (0, 0)
     header = parse("csv", "a,b\n")
     assert (header.num_rows, header.column_names) == (0, ["a", "b"])
+
+
+@pytest.mark.parametrize("rows", [10, 120_000])  # one block on the calling thread, or not
+def test_csv_types_come_from_the_whole_file_small_or_large(rows: int) -> None:
+    text = "i,x,s\n" + "".join(f"{i},{i},\n" for i in range(rows)) + '1,2.5,"a,""b"""\n'
+    assert (len(text) < SMALL_CSV_BYTES) == (rows == 10)
+    table = parse("csv", text)
+    assert table.schema.types == [pa.int64(), pa.float64(), pa.string()]
+    assert table.num_rows == rows + 1
+    assert table.to_pylist()[-1] == {"i": 1, "x": 2.5, "s": 'a,"b"'}
+    assert "invalid csv" in parse_error("csv", text + "1,2\n")
 
 
 def test_bad_csv_is_a_parse_error() -> None:
