@@ -29,7 +29,7 @@ import datetime as dt
 import posixpath
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -325,8 +325,8 @@ def _harvest_chunk(
                     if archive.size > STREAM_POINT_BYTES:
                         batch.commit_alone(name, rows)
                     else:
-                        pieces = rows.collect()
-                        batch.add(name, pieces, rows.digest)
+                        tables = rows.outputs()
+                        batch.add(name, tables, rows.digest, item.params, meta)
                 except _Spoiled as exc:
                     problems = exc.problems
                     bad[name] = ("; ".join(f"{p.output}: {p}" for p in problems), exc.digest)
@@ -397,14 +397,18 @@ class _PointPieces:
         self.chunk = chunk
         self.digest = ""
 
-    def __iter__(self) -> Iterator[Any]:
+    def _read(self) -> Iterator[Any]:
         point = self.point
         for piece in point.batches:
-            yield piece if point.incomplete else _decorate(piece, self.params, self.meta)
+            yield piece
             self.chunk.renew_if_due()
         self.digest = self.archive.sha256
         if point.problems:
             raise _Spoiled(point.problems, self.digest)
+
+    def __iter__(self) -> Iterator[Any]:
+        for piece in self._read():
+            yield piece if self.point.incomplete else _decorate(piece, self.params, self.meta)
 
     def complete(self, piece: Any) -> Any:
         """Return a piece given before the late one-row outputs, completed and decorated."""
@@ -414,10 +418,24 @@ class _PointPieces:
         """After the iteration: the function completing the pieces given, if they need one."""
         return self.complete if self.point.incomplete else None
 
-    def collect(self) -> list[Any]:
-        """Read the whole point and return its finished pieces."""
-        pieces = list(self)
-        return [self.complete(p) for p in pieces] if self.point.incomplete else pieces
+    def outputs(self) -> list[Any]:
+        """Read the whole point; return its output rows as Tables, without the constant columns."""
+        import pyarrow as pa
+
+        pieces = list(self._read())
+        if self.point.incomplete:
+            pieces = [self.point.finish(p) for p in pieces]
+        return [p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in pieces]
+
+
+@dataclass(frozen=True)
+class _Held:
+    """One point's output rows waiting for the next part, with its constant columns."""
+
+    tables: list[Any]
+    rows: int
+    params: Mapping[str, Any]
+    meta: Mapping[str, Any]
 
 
 class _ChunkRows:
@@ -432,19 +450,33 @@ class _ChunkRows:
         self.store = store
         self.claim = claim
         self.report = report
-        self.tables: list[Any] = []
+        self.points: list[_Held] = []
         self.names: list[str] = []
         self.hashes: dict[str, str] = {}
         self.size = 0
         self.ingested: list[str] = []
         self.renewed = time.monotonic()
 
-    def add(self, name: str, tables: list[Any], digest: str) -> None:
-        """Keep a point's rows for the next part; commit when enough have gathered."""
-        self.tables += tables
+    def add(
+        self,
+        name: str,
+        tables: list[Any],
+        digest: str,
+        params: Mapping[str, Any],
+        meta: Mapping[str, Any],
+    ) -> None:
+        """Keep a point's output rows for the next part; commit when enough have gathered.
+
+        The parameter and metadata columns are added when the part is assembled.
+        """
+        for table in tables:
+            _check_collisions(table.column_names, params)
+        rows = sum(t.num_rows for t in tables)
+        self.points.append(_Held(tables, rows, params, meta))
         self.names.append(name)
         self.hashes[name] = digest
         self.size += sum(t.get_total_buffer_size() for t in tables)
+        self.size += rows * _constant_bytes(params, meta)
         if self.size >= self.FLUSH_BYTES:
             self.flush()
 
@@ -470,14 +502,16 @@ class _ChunkRows:
         """Commit the gathered points as one part."""
         if not self.names:
             return
-        rows = sum(t.num_rows for t in self.tables)
-        part = self.store.commit(self.claim, _concat(self.tables), self.hashes, results=self.names)
+        rows = sum(p.rows for p in self.points)
+        table = _assemble_part(self.points)
+        data = iter(()) if table is None else iter([table])
+        part = self.store.commit(self.claim, data, self.hashes, results=self.names)
         if part:
             self.report.parts.append(part)
         self.report.rows += rows
         self.report.ingested += len(self.names)
         self.ingested += self.names
-        self.tables, self.names, self.hashes, self.size = [], [], {}, 0
+        self.points, self.names, self.hashes, self.size = [], [], {}, 0
 
     def renew_if_due(self) -> None:
         """Extend the claim's lease when the chunk takes long."""
@@ -498,14 +532,71 @@ class _Counter:
             yield piece
 
 
-def _concat(tables: list[Any]) -> Iterator[Any]:
+def _concat(tables: list[Any]) -> Any:
     """Merge the chunk's tables into one (widening to the union of their columns)."""
     import pyarrow as pa
 
-    if not tables:
-        return iter(())
     try:
-        merged = pa.concat_tables(tables, promote_options="permissive")
+        return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise HarvestError(f"points of one chunk disagree on a column type: {exc}") from exc
-    return iter([merged])
+
+
+def _constant_bytes(params: Mapping[str, Any], meta: Mapping[str, Any]) -> int:
+    """Roughly how many bytes the parameter and metadata columns take per row."""
+    return sum(len(v) + 4 if isinstance(v, str) else 8 for v in (*params.values(), *meta.values()))
+
+
+def _assemble_part(points: list[_Held]) -> Any:
+    """Return the points' rows as one table, with their parameter and metadata columns.
+
+    The result is that of decorating every table with :func:`_decorate` and
+    concatenating them, but each constant column is built once for the part
+    (one array of per-point values, repeated by ``take``) instead of once per
+    point. When the values of a column do not make one array in one go (types
+    that only a per-point widening reconciles, or none does), it falls back
+    to decorating each table.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    tables = [t for p in points for t in p.tables]
+    if not tables:
+        return None
+    order: dict[str, None] = {}  # the column order the concatenation would give
+    values: dict[str, list[Any]] = {}
+    for i, point in enumerate(points):
+        constants = {f"p.{k}": v for k, v in point.params.items()} | dict(point.meta)
+        for table in point.tables:
+            for name in table.column_names:
+                if name not in point.meta:
+                    order.setdefault(name)
+            for name in constants:
+                order.setdefault(name)
+        if point.rows:  # a point without rows adds no value (a null-typed column)
+            for name, value in constants.items():
+                values.setdefault(name, [None] * len(points))[i] = value
+    counts = np.fromiter((p.rows for p in points), dtype=np.int64, count=len(points))
+    try:
+        outputs = pa.concat_tables(tables, promote_options="permissive")
+        if outputs.num_rows != int(counts.sum()):
+            raise ValueError("tables without columns lost their rows")
+        index = pa.array(np.repeat(np.arange(len(points)), counts))
+        columns = []
+        for name in order:
+            if name in values:
+                columns.append(pa.array(values[name]).take(index))
+            elif name in outputs.column_names and not any(name in p.meta for p in points):
+                columns.append(outputs.column(name))
+            else:
+                columns.append(pa.nulls(outputs.num_rows))  # constants of points without rows
+        return pa.table(columns, names=list(order))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        return _concat([_decorate(t, p.params, p.meta) for p in points for t in p.tables])
+
+
+def _check_collisions(columns: Iterable[str], params: Mapping[str, Any]) -> None:
+    names = set(columns)
+    for name in params:
+        if f"p.{name}" in names:
+            raise HarvestError(f"output column 'p.{name}' collides with parameter {name!r}")

@@ -25,6 +25,7 @@ from archives import Entry, tgz
 from pipeline import boinc
 from pipeline import harvest as hv
 from pipeline.config import DbConfig, ServerConfig
+from pipeline.errors import HarvestError
 from pipeline.harvest import HarvestReport, harvest_sweep
 from pipeline.plan import wu_name
 from pipeline.server import Server
@@ -354,3 +355,52 @@ def test_streamed_archive_is_not_held_in_memory(tmp_path: Path) -> None:
     # (measured about 3 MiB for both).
     assert large_peak < 8 * MiB, f"peak {large_peak / MiB:.1f} MiB"
     assert large_peak < small_peak + 2 * MiB, (small_peak, large_peak)
+
+
+def _held(table: pa.Table, x: Any, **meta: Any) -> hv._Held:
+    meta = {"sweep": "hv", "point_id": f"id{x}", "cpu_time": 1.5, **meta}
+    return hv._Held([table], table.num_rows, {"x": x}, meta)
+
+
+def _decorated_one_by_one(points: list[hv._Held]) -> pa.Table:
+    return hv._concat([hv._decorate(t, p.params, p.meta) for p in points for t in p.tables])
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        pytest.param(
+            [_held(pa.table({"a": [1, 2]}), 1), _held(pa.table({"a": [3]}), 2)], id="plain"
+        ),
+        pytest.param(
+            [
+                _held(pa.table({"a": [1, 2]}), 1),
+                _held(pa.table({"a": [0.5], "b": ["new"]}), 2.5),
+                _held(pa.table({"a": pa.array([], pa.int64())}), "no rows"),
+                _held(pa.table({"a": [4], "cpu_time": ["output"]}), None),
+            ],
+            id="widening-and-no-rows",
+        ),
+        pytest.param(
+            [
+                _held(pa.table({"_": pa.nulls(1)}).drop_columns(["_"]), 1),
+                _held(pa.table({"_": pa.nulls(1)}).drop_columns(["_"]), 2),
+            ],
+            id="no-columns",
+        ),
+        pytest.param(
+            [_held(pa.table({"a": [1]}), True), _held(pa.table({"a": [2]}), 7)],
+            id="types-that-do-not-mix",
+        ),
+    ],
+)
+def test_a_part_assembled_at_once_equals_decorating_each_point(points: list[hv._Held]) -> None:
+    try:
+        expected = _decorated_one_by_one(points)
+    except HarvestError:
+        with pytest.raises(HarvestError, match="disagree on a column type"):
+            hv._assemble_part(points)
+        return
+    got = hv._assemble_part(points)
+    assert got.schema.equals(expected.schema), (got.schema, expected.schema)
+    assert got.equals(expected)
