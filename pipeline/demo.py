@@ -389,6 +389,8 @@ def _drive_celery(
     console: Console, workers: _CeleryWorkers, spec: SweepSpec, server: str, deadline: float
 ) -> SweepStatus:
     """Send ``submit``, then keep one ``top_up``, ``poll`` and ``harvest`` in flight to the end."""
+    from workers.enqueue import forget
+
     body = spec.model_dump(mode="json")
     submitted: Any = workers.send("submit", spec=body, server=server)
     inflight: dict[str, Any] = {}
@@ -403,7 +405,7 @@ def _drive_celery(
             if submitted.failed():
                 raise RuntimeError(f"the submit task failed: {submitted.result!r}")
             version = int(submitted.result["version"])
-            submitted.forget()
+            forget(submitted)
             submitted = None
             args.update(
                 top_up=(server, spec.app),
@@ -421,7 +423,7 @@ def _drive_celery(
                 elif kind == "poll":
                     status = _status_of(result.result)
                     finished = bool(result.result["finished"])
-                result.forget()
+                forget(result)
             inflight[kind] = workers.send(kind, *task_args)
         return status, finished or time.monotonic() > deadline
 
@@ -429,9 +431,9 @@ def _drive_celery(
         _progress(console, spec.size, step)
     finally:
         for result in inflight.values():
-            result.forget()
+            forget(result)
         if submitted is not None:
-            submitted.forget()
+            forget(submitted)
         inflight.clear()
         submitted = None
     return status

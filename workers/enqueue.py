@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["harvest_async", "poll_async", "retry_async", "submit_async"]
+__all__ = ["forget", "harvest_async", "poll_async", "retry_async", "submit_async"]
 
 
 def _send(task: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> str:
@@ -54,3 +54,23 @@ def poll_async(name: str, version: int | None = None) -> str:
 def retry_async(name: str, version: int | None = None, reason: str | None = None) -> str:
     """Queue a resubmission of a sweep's failed, lost and bad-output points; return the task id."""
     return _send("retry", [name, version, reason])
+
+
+def forget(result: Any) -> None:
+    """Delete a task's result from the backend and stop this client waiting for it.
+
+    A Celery client keeps every result it has seen, and those of the tasks it
+    queued (a harvest's chunks), until the objects are finalised, which then
+    talks to Redis again: at interpreter exit, or after the client was closed.
+    Call this once a result has been read.
+    """
+    from celery.result import AsyncResult
+
+    held = [result]
+    for child in result.children or ():
+        held += getattr(child, "results", None) or [child]
+    result.forget()
+    for one in held:
+        if isinstance(one, AsyncResult) and one.backend is not None:
+            one.backend.remove_pending_result(one)
+            one.backend = None  # its finaliser has nothing left to cancel
