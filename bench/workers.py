@@ -17,15 +17,24 @@ volunteers' computing in between is the same whoever drives the pipeline. So:
 
 Drivers: in process; Celery with one worker process; Celery with two
 (``--concurrency 2``). Redis is a private ``redis-server``; the state database
-is SQLite. Messages are sent from this process (no interpreter start-up is
-timed). A Celery harvest ends at the last chunk's ``harvest`` event in the state
-database; this process checks for it every 0.2 s with one COUNT query, so the
-check neither delays nor loads the workers much. Prints points/s per phase, the
-overhead of Celery against the in-process figure measured in the same run
-(target: under 20% at one worker), and, from the workers' logs, how many tasks
-ran and how long they spent inside them.
+is SQLite. Each Celery measurement starts a fresh worker and waits until it
+answers a ping before the clock starts; its pool processes open their
+connections on their first tasks, inside the timing. Messages are sent from
+this process (no interpreter start-up is timed). A Celery harvest ends at the
+last chunk's ``harvest`` event in the state database; this process checks for
+it every 0.2 s with one COUNT query, so the check neither delays nor loads the
+workers much.
 
-    python bench/workers.py [--n 10000] [--chunk 200] [--submit-chunk 1000]
+The machine is shared, and its load drifts more between measurements than the
+drivers differ, so every phase is measured ``--rounds`` times per driver, the
+drivers' order rotating from round to round. Prints the median seconds and
+points/s per phase and driver, the overhead of Celery as the median of its
+same-round ratios to in process (target: under 20% at one worker), and, from
+the workers' logs, how many tasks ran, the time spent inside them and the time
+the pool processes waited between tasks.
+
+    python bench/workers.py [--n 10000] [--chunk 200] [--submit-chunk 1000] [--rounds 3]
+                            [--computed DIR] [--phases submit,harvest]
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import os
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,12 +70,16 @@ from pipeline.settings import Settings  # noqa: E402
 from pipeline.spec import SweepSpec  # noqa: E402
 from pipeline.state import StateDB, events, points  # noqa: E402
 from workers.app import make_app  # noqa: E402
+from workers.enqueue import forget  # noqa: E402
 from workers.settings import WorkerSettings  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 SERVER = "bench"
 DRIVERS = ("in process", "celery x1", "celery x2")
-_TASK_DONE = re.compile(r"Task (boinc_pipeline\.\w+)\[[^]]*\] succeeded in ([0-9.e-]+)s")
+_TASK_DONE = re.compile(
+    r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/([\w-]+)\] "
+    r"Task (boinc_pipeline\.\w+)\[[^]]*\] succeeded in ([0-9.e-]+)s"
+)
 
 
 def spec(n: int, chunk: int) -> dict[str, Any]:
@@ -100,12 +115,15 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.
 class Setup:
     """One emulated project (host image mode), its server config file and a state database."""
 
-    def __init__(self, tmp: Path, n: int) -> None:
+    def __init__(self, tmp: Path, n: int, reopen: bool = False) -> None:
         self.tmp = tmp
-        tmp.mkdir(parents=True)
-        self.project = Project.init(tmp / "project", None, tmp / "results", image_mode="host")
         self.servers = tmp / "servers"
-        self.servers.mkdir()
+        if reopen:
+            self.project = Project.open(tmp / "project")
+        else:
+            tmp.mkdir(parents=True)
+            self.project = Project.init(tmp / "project", None, tmp / "results", image_mode="host")
+            self.servers.mkdir()
         self.config = ServerConfig(
             name=SERVER,
             transport=f"local://{self.project.root}",
@@ -160,27 +178,48 @@ class Watch:
 
 
 class Tasks:
-    """What the workers' log says: tasks run per name, and seconds spent inside them."""
+    """What the workers' log says: tasks run per name, seconds inside them, idle time between.
+
+    A pool process's idle time is the time from the end of one of its tasks to
+    the start of its next one (the log gives each task's end, to the
+    millisecond, and its duration): the broker round trip and the hand-over
+    from the worker's main process, paid once per task.
+    """
 
     def __init__(self) -> None:
         self.count: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
+        self.idle = 0.0
+        self.gaps = 0
 
     def read(self, log: Path) -> None:
-        for name, seconds in _TASK_DONE.findall(log.read_text(errors="replace")):
+        import datetime as dt
+
+        spans: dict[str, list[tuple[float, float]]] = {}
+        for stamp, process, name, seconds in _TASK_DONE.findall(log.read_text(errors="replace")):
             self.count[name] = self.count.get(name, 0) + 1
             self.seconds[name] = self.seconds.get(name, 0.0) + float(seconds)
+            end = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            spans.setdefault(process, []).append((end - float(seconds), end))
+        for runs in spans.values():
+            runs.sort()
+            for (_s0, end), (start, _e1) in itertools.pairwise(runs):
+                self.idle += max(0.0, start - end)
+                self.gaps += 1
 
     def summary(self) -> str:
-        return ", ".join(
+        tasks = ", ".join(
             f"{name.split('.')[-1]} {self.count[name]} x {self.seconds[name]:.2f} s"
             for name in sorted(self.count)
         )
+        return f"{tasks}; idle between tasks {self.idle:.2f} s over {self.gaps} gaps"
 
 
 @contextlib.contextmanager
-def celery(setup: Setup, redis_url: str, concurrency: int, chunk: int) -> Iterator[Tasks]:
-    """Run one ``celery worker`` with ``concurrency`` processes; yield what its log will tell."""
+def celery(
+    setup: Setup, redis_url: str, concurrency: int, chunk: int, tasks: Tasks
+) -> Iterator[None]:
+    """Run one ``celery worker`` with ``concurrency`` processes; add its log to ``tasks``."""
     env = dict(os.environ)
     env.update(
         {
@@ -202,7 +241,6 @@ def celery(setup: Setup, redis_url: str, concurrency: int, chunk: int) -> Iterat
          "--without-heartbeat"],
         env=env, cwd=setup.tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    tasks = Tasks()
     try:
         ping = [str(VENV_BIN / "celery"), "-A", "workers.app", "inspect", "ping", "-t", "1"]
         _wait(
@@ -210,8 +248,9 @@ def celery(setup: Setup, redis_url: str, concurrency: int, chunk: int) -> Iterat
             120,
             "the worker to answer",
         )
-        yield tasks
+        yield
     finally:
+        time.sleep(0.5)  # the last task's log line
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
@@ -219,12 +258,11 @@ def celery(setup: Setup, redis_url: str, concurrency: int, chunk: int) -> Iterat
 
 
 def submit_phase(
-    tmp: Path, n: int, chunk: int, driver: str, client: Any
-) -> tuple[float, Tasks | None]:
+    tmp: Path, n: int, chunk: int, driver: str, client: Any, tasks: Tasks | None
+) -> float:
     """Seconds to submit the whole sweep with one driver, on a fresh project."""
     setup = Setup(tmp, n)
     sweep_spec = spec(n, chunk)
-    tasks = None
     if driver == "in process":
         t0 = time.perf_counter()
         with Sweep(
@@ -233,7 +271,7 @@ def submit_phase(
             sw.submit()
         seconds = time.perf_counter() - t0
     else:
-        with celery(setup, client.conf.broker_url, int(driver[-1]), chunk) as tasks:
+        with celery(setup, client.conf.broker_url, int(driver[-1]), chunk, tasks or Tasks()):
             t0 = time.perf_counter()
             # What workers.enqueue.submit_async sends for a spec file.
             body = SweepSpec.model_validate(sweep_spec).model_dump(mode="json")
@@ -241,15 +279,25 @@ def submit_phase(
                 "boinc_pipeline.submit", kwargs={"spec": body, "server": SERVER}
             )
             outcome = sent.get(timeout=3600)
+            forget(sent)
             seconds = time.perf_counter() - t0
             assert outcome["created"] == n, outcome
     assert setup.confirmed() == n
     setup.project.close()
-    return seconds, tasks
+    return seconds
 
 
 def computed(tmp: Path, n: int, chunk: int) -> Setup:
-    """A project where the sweep was submitted and computed by the emulator's daemons."""
+    """A project where the sweep was submitted and computed by the emulator's daemons.
+
+    A folder that holds one already (``--computed DIR`` of an earlier run) is reused.
+    """
+    if (tmp / "state.snapshot").is_file():
+        setup = Setup(tmp, n, reopen=True)
+        with Sweep.open("wbench", settings=setup.settings()) as sw:
+            assert sw.spec.size == n, f"{tmp} holds a sweep of {sw.spec.size} points, not {n}"
+        print(f"  (reusing the {n} workunits computed in {tmp})", flush=True)
+        return setup
     setup = Setup(tmp, n)
     with Sweep(
         SweepSpec.model_validate(spec(n, chunk)), server=SERVER, settings=setup.settings()
@@ -290,14 +338,13 @@ def _all_done(setup: Setup, n: int) -> bool:
 
 
 def harvest_phase(
-    setup: Setup, n: int, chunk: int, driver: str, client: Any
-) -> tuple[float, Tasks | None]:
+    setup: Setup, n: int, chunk: int, driver: str, client: Any, tasks: Tasks | None
+) -> float:
     """Seconds to harvest every result with one driver, from the computed snapshot."""
     for suffix in ("", "-wal", "-shm"):
         (setup.tmp / f"state.sqlite{suffix}").unlink(missing_ok=True)
     shutil.copy(setup.tmp / "state.snapshot", setup.tmp / "state.sqlite")
     shutil.rmtree(setup.store, ignore_errors=True)
-    tasks = None
     if driver == "in process":
         t0 = time.perf_counter()
         with Sweep.open("wbench", settings=setup.settings()) as sw:
@@ -306,10 +353,11 @@ def harvest_phase(
     else:
         watch = Watch(setup.state_url)
         try:
-            with celery(setup, client.conf.broker_url, int(driver[-1]), chunk) as tasks:
+            with celery(setup, client.conf.broker_url, int(driver[-1]), chunk, tasks or Tasks()):
                 w0, t0 = time.time(), time.perf_counter()
                 plan = client.send_task("boinc_pipeline.harvest", args=["wbench", None])
                 assert plan.get(timeout=3600)["chunks"] == -(-n // chunk)
+                forget(plan)
                 _wait(lambda: watch.harvested() >= n, 3600, "every point harvested", every=0.2)
                 # The last chunk's event, not the moment this loop happened to look.
                 seconds = watch.last_event("harvest") - w0
@@ -319,7 +367,7 @@ def harvest_phase(
     assert setup.counts() == {"harvested": n}
     with Sweep.open("wbench", settings=setup.settings()) as sw:
         assert len(sw.results()) == n
-    return seconds, tasks
+    return seconds
 
 
 def _flush(redis_url: str) -> None:
@@ -339,8 +387,16 @@ def main() -> int:
     parser.add_argument(
         "--submit-chunk", type=int, default=1000, help="submission chunk (one create_work each)"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per driver and phase")
+    parser.add_argument(
+        "--computed", metavar="DIR", help="keep the computed sweep in DIR, or reuse it from there"
+    )
+    parser.add_argument(
+        "--phases", default="submit,harvest", help="which phases to run (submit, harvest)"
+    )
     args = parser.parse_args()
     n, chunk, submit_chunk = args.n, args.chunk, args.submit_chunk
+    phases = [p for p in ("submit", "harvest") if p in args.phases.split(",")]
     port = _free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -351,47 +407,78 @@ def main() -> int:
     client = make_app(WorkerSettings(broker=redis_url))
     print(
         f"workers bench: {n} points, fast mode, submission chunks of {submit_chunk}, "
-        f"harvest chunks of {chunk}, load {os.getloadavg()[0]:.1f}",
+        f"harvest chunks of {chunk}, {args.rounds} rounds, load {_load()}",
         flush=True,
     )
-    submit: dict[str, float] = {}
-    harvest: dict[str, float] = {}
-    logs: dict[str, list[Tasks | None]] = {d: [] for d in DRIVERS}
+    # seconds[phase][driver]: one figure per round; tasks[phase][driver]: their worker logs
+    seconds: dict[str, dict[str, list[float]]] = {p: {d: [] for d in DRIVERS} for p in phases}
+    tasks = {p: {d: Tasks() for d in DRIVERS[1:]} for p in phases}
     try:
         _wait(lambda: _ping(port), 20, "the private redis-server")
         with tempfile.TemporaryDirectory(prefix="bp-wbench-") as tmp:
-            for i, d in enumerate(DRIVERS):
-                _flush(redis_url)
-                submit[d], tasks = submit_phase(Path(tmp) / f"s{i}", n, submit_chunk, d, client)
-                logs[d].append(tasks)
-                print(f"  submit, {d}: {submit[d]:.1f} s", flush=True)
-            setup = computed(Path(tmp) / "h", n, submit_chunk)
-            for d in DRIVERS:
-                _flush(redis_url)
-                harvest[d], tasks = harvest_phase(setup, n, chunk, d, client)
-                logs[d].append(tasks)
-                print(f"  harvest, {d}: {harvest[d]:.1f} s", flush=True)
-            setup.project.close()
+            setup = None
+            if "harvest" in phases:
+                setup = computed(Path(args.computed or Path(tmp) / "h"), n, submit_chunk)
+            for r in range(args.rounds):
+                order = DRIVERS[r % len(DRIVERS) :] + DRIVERS[: r % len(DRIVERS)]
+                for phase in phases:
+                    for d in order:
+                        _flush(redis_url)
+                        log = tasks[phase].get(d)
+                        if phase == "submit":
+                            where = Path(tmp) / f"s{r}-{d.replace(' ', '')}"
+                            t = submit_phase(where, n, submit_chunk, d, client, log)
+                            shutil.rmtree(where, ignore_errors=True)
+                        else:
+                            assert setup is not None
+                            t = harvest_phase(setup, n, chunk, d, client, log)
+                        seconds[phase][d].append(t)
+                        print(
+                            f"  round {r + 1}, {phase}, {d}: {t:.1f} s, load {_load()}", flush=True
+                        )
+            if setup is not None:
+                setup.project.close()
     finally:
         client.close()
         gc.collect()  # the results' finalisers talk to Redis: run them while it is up
         redis.terminate()
         redis.wait()
-    base = submit["in process"] + harvest["in process"]
-    header = ("driver", "submit s", "pts/s", "harvest s", "pts/s", "both pts/s", "overhead")
-    print("{:<12} {:>9} {:>7} {:>10} {:>7} {:>11} {:>9}".format(*header))
-    for d in DRIVERS:
-        both = submit[d] + harvest[d]
-        print(
-            f"{d:<12} {submit[d]:>9.1f} {n / submit[d]:>7.0f} {harvest[d]:>10.1f} "
-            f"{n / harvest[d]:>7.0f} {n / both:>11.0f} {(both / base - 1) * 100:>8.1f}%"
-        )
-    for d in DRIVERS[1:]:
-        for phase, tasks in zip(("submit", "harvest"), logs[d], strict=True):
-            if tasks is not None:
-                print(f"{d}, {phase}: tasks {tasks.summary()}")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    _table(n, seconds)
+    for phase in phases:
+        for d, log in tasks[phase].items():
+            print(f"{d}, {phase}, all rounds: {log.summary()}")
+    print(f"load average at the end: {_load()}")
     return 0
+
+
+def _load() -> str:
+    return "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def _table(n: int, seconds: dict[str, dict[str, list[float]]]) -> None:
+    """Print the median seconds and points/s per phase and driver, and Celery's overhead.
+
+    The overhead is the median over rounds of (driver's time / in-process time
+    of the same round) - 1, both phases added: ratios within a round share its
+    load, which on a shared machine drifts more than the drivers differ.
+    """
+    phases = list(seconds)
+    rounds = len(next(iter(seconds.values()))["in process"])
+    header = "".join(f"{p + ' s':>11} {'pts/s':>7}" for p in phases)
+    print(f"{'driver':<12}{header} {'both pts/s':>11} {'overhead':>9}  per round")
+    for d in DRIVERS:
+        cells = ""
+        for p in phases:
+            mid = statistics.median(seconds[p][d])
+            cells += f"{mid:>11.1f} {n / mid:>7.0f}"
+        both = [sum(seconds[p][d][r] for p in phases) for r in range(rounds)]
+        base = [sum(seconds[p]["in process"][r] for p in phases) for r in range(rounds)]
+        ratios = [b / a - 1 for a, b in zip(base, both, strict=True)]
+        per_round = " ".join(f"{x * 100:+.0f}%" for x in ratios)
+        print(
+            f"{d:<12}{cells} {n / statistics.median(both):>11.0f} "
+            f"{statistics.median(ratios) * 100:>8.1f}%  {per_round}"
+        )
 
 
 def _ping(port: int) -> bool:
