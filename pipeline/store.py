@@ -54,6 +54,9 @@ __all__ = ["Candidate", "Claim", "RecoveryReport", "ResultStore"]
 STAGING = "_staging"
 #: How many result names go into one ``IN (...)`` list of a commit.
 COMMIT_IN_CHUNK = 500
+#: A part's row groups gather pieces until they hold this many rows, or bytes.
+ROW_GROUP_ROWS = 32 * 1024
+ROW_GROUP_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,13 @@ class RecoveryReport:
     published: int
     released: int
     removed_staged: int
+
+
+def _one(tables: list[Any]) -> Any:
+    """Return the tables (of one schema) as one, without copying."""
+    import pyarrow as pa
+
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def _harvester_id() -> str:
@@ -354,7 +364,12 @@ class ResultStore:
             return self._write_part(path, groups)
 
     def _write_part(self, path: str, data: Any) -> int:
-        """Write a Table or an iterable of Tables/RecordBatches to ``path``; return the rows."""
+        """Write a Table or an iterable of Tables/RecordBatches to ``path``; return the rows.
+
+        Small pieces are gathered into row groups of at least :data:`ROW_GROUP_ROWS`
+        rows (or :data:`ROW_GROUP_BYTES`): a row group per streamed batch would
+        make the footer, which writers and readers hold whole, grow with the part.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -362,6 +377,8 @@ class ResultStore:
         pieces = [data] if isinstance(data, pa.Table | pa.RecordBatch) else data
         rows = 0
         writer: Any = None
+        gathered: list[Any] = []
+        gathered_rows = gathered_bytes = 0
         try:
             for piece in pieces:
                 if writer is None:
@@ -376,10 +393,16 @@ class ResultStore:
                             f"rows of one part disagree on their columns: {exc}"
                         ) from exc
                 if isinstance(piece, pa.RecordBatch):
-                    writer.write_batch(piece)
-                else:
-                    writer.write_table(piece)
+                    piece = pa.Table.from_batches([piece])
+                gathered.append(piece)
+                gathered_rows += piece.num_rows
+                gathered_bytes += piece.get_total_buffer_size()
                 rows += piece.num_rows
+                if gathered_rows >= ROW_GROUP_ROWS or gathered_bytes >= ROW_GROUP_BYTES:
+                    writer.write_table(_one(gathered))
+                    gathered, gathered_rows, gathered_bytes = [], 0, 0
+            if gathered:
+                writer.write_table(_one(gathered))
         finally:
             if writer is not None:
                 writer.close()

@@ -133,6 +133,27 @@ def test_amend_dropping_every_row_or_failing_leaves_no_part(state: StateDB, tmp_
     assert states == {first.result_name: "committed", second.result_name: "claimed"}
 
 
+def test_streamed_batches_are_gathered_into_few_row_groups(state: StateDB, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.store import ROW_GROUP_ROWS
+
+    sweep = _sweep(state)
+    store = ResultStore(state, str(tmp_path))
+    cands = _cands(1)
+    per = ROW_GROUP_ROWS // 8 + 1
+    batches = [
+        pa.record_batch({"point_id": [cands[0].point_id] * per, "y": [float(i)] * per})
+        for i in range(20)
+    ]
+    part = store.commit(store.claim(sweep, cands), iter(batches))
+    assert part is not None
+    meta = pq.read_metadata(tmp_path / "grid" / "version=1" / part)
+    assert meta.num_rows == 20 * per
+    assert meta.num_row_groups == 3  # 8 batches, 8 batches, the last 4
+    assert sorted(set(store.read("grid")["y"])) == [float(i) for i in range(20)]
+
+
 def test_expired_claim_is_released_and_cannot_commit(state: StateDB, tmp_path: Path) -> None:
     sweep = _sweep(state)
     slow = ResultStore(state, str(tmp_path), harvester="slow", lease_seconds=0.01)
