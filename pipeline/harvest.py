@@ -280,9 +280,10 @@ STREAM_POINT_BYTES = 16 * 1024 * 1024
 #: csv/tsv/jsonl members larger than this (uncompressed) are parsed as streams.
 STREAM_MEMBER_BYTES = 32 * 1024 * 1024
 #: Block size for streaming a large csv/tsv/jsonl output. pyarrow's streaming CSV
-#: reader holds about 45 times its block size in memory (measured: 1 MiB blocks
-#: about 60 MB, 4 MiB blocks about 185 MB), so blocks stay small.
-STREAM_BLOCK_BYTES = 1024 * 1024
+#: reader holds tens of times its block size (measured on the 1.5 GB CSV of
+#: bench/harvest.py: 1 MiB blocks about +55 MB, 256 KiB about +27 MB); the store
+#: gathers the small batches into row groups, so small blocks cost no more parts.
+STREAM_BLOCK_BYTES = 256 * 1024
 
 
 def _harvest_chunk(

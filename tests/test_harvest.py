@@ -345,16 +345,16 @@ def test_streamed_archive_is_not_held_in_memory(tmp_path: Path) -> None:
     hv.STREAM_BLOCK_BYTES = 256 * 1024
     _harvest_peak(tmp_path / "warm-up", _good(0, rows=3000))  # first-use imports and caches
     small = _incompressible_csv_archive(0, 4 * MiB)
-    large = _incompressible_csv_archive(0, 24 * MiB)
+    large = _incompressible_csv_archive(0, 32 * MiB)
     small_peak, small_report = _harvest_peak(tmp_path / "small", small)
     large_peak, large_report = _harvest_peak(tmp_path / "large", large)
     assert (small_report.ingested, large_report.ingested) == (1, 1)
-    assert large_report.rows > 5 * small_report.rows
-    # Holding the archive's bytes would take at least its size (24 MiB) in Python
-    # objects; streaming it takes a few read buffers, whatever the archive's size
-    # (measured about 3 MiB for both).
-    assert large_peak < 8 * MiB, f"peak {large_peak / MiB:.1f} MiB"
-    assert large_peak < small_peak + 2 * MiB, (small_peak, large_peak)
+    assert large_report.rows > 7 * small_report.rows
+    # Holding the archive's bytes would take at least its size (32 MiB) in Python
+    # objects; streaming it takes a few read buffers whatever the archive's size
+    # (measured 3 to 8 MiB for both, the spread being the collector's timing).
+    assert large_peak < 12 * MiB, f"peak {large_peak / MiB:.1f} MiB"
+    assert large_peak - small_peak < 8 * MiB, (small_peak, large_peak)
 
 
 def _held(table: pa.Table, x: Any, **meta: Any) -> hv._Held:
