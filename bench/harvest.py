@@ -31,8 +31,8 @@ Legs, each harvesting every archive into a fresh state database copy and store:
   least 50% of local;
 - **big**: one archive of about ``--big-mib`` MiB (BOINC's 128 MiB upload
   limit) whose CSV expands to about 1.5 GB, harvested in a child process with
-  raised ``ArchiveLimits``; its peak RSS (``ru_maxrss``) is printed, target
-  under 300 MB.
+  raised ``ArchiveLimits``; its peak RSS (``VmHWM`` on Linux, else
+  ``ru_maxrss``) is printed, target under 300 MB.
 
 A leg that cannot be set up here is reported as not measured, with the reason.
 """
@@ -400,16 +400,33 @@ def make_big(path: Path, target_mib: int) -> int:
     return rows * copies
 
 
+def peak_rss_kib() -> int:
+    """Return this process's peak resident set size in KiB.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status``: ``ru_maxrss`` keeps
+    across ``execve`` the RSS the parent had when it forked, so a child started
+    after the small legs would report the parent's peak instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def big_child(folder: Path, big: Path) -> None:
     """In a child process: harvest the one big archive and print JSON with the peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kib()
     setup = Setup(folder, 1, 0, big=big)
     limits = ArchiveLimits(max_archive_bytes=4 * GiB, max_member_bytes=4 * GiB)
     import pyarrow  # noqa: F401  (imported before the baseline RSS is taken)
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_kib()
     secs, report, rows = setup.harvest("big", f"local://{setup.results}", 1, limits)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     print(
         json.dumps(
             {
