@@ -27,11 +27,11 @@ workers much.
 
 The machine is shared, and its load drifts more between measurements than the
 drivers differ, so every phase is measured ``--rounds`` times per driver, the
-drivers' order rotating from round to round. Prints the median seconds and
-points/s per phase and driver, the overhead of Celery as the median of its
-same-round ratios to in process (target: under 20% at one worker), and, from
-the workers' logs, how many tasks ran, the time spent inside them and the time
-the pool processes waited between tasks.
+drivers' order rotating from round to round, after one untimed submission.
+Prints the median seconds and points/s per phase and driver, the overhead of
+Celery as the median of its same-round ratios to in process (target: under 20%
+at one worker), and, from the workers' logs, how many tasks ran, the time spent
+inside them and the time the pool processes waited between tasks.
 
     python bench/workers.py [--n 10000] [--chunk 200] [--submit-chunk 1000] [--rounds 3]
                             [--computed DIR] [--phases submit,harvest]
@@ -110,6 +110,37 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
         time.sleep(every)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+#: The private redis-server's pid: its CPU counts as Celery's.
+REDIS_PID: list[int] = []
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system, theirs and their waited-for children's) of these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # gone
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / _TICK
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
 
 
 class Setup:
@@ -218,8 +249,12 @@ class Tasks:
 @contextlib.contextmanager
 def celery(
     setup: Setup, redis_url: str, concurrency: int, chunk: int, tasks: Tasks
-) -> Iterator[None]:
-    """Run one ``celery worker`` with ``concurrency`` processes; add its log to ``tasks``."""
+) -> Iterator[Callable[[], float]]:
+    """Run one ``celery worker`` with ``concurrency`` processes; add its log to ``tasks``.
+
+    Yields a function giving the CPU seconds used so far by the worker, its pool
+    processes (and the programs they ran) and the private Redis.
+    """
     env = dict(os.environ)
     env.update(
         {
@@ -248,7 +283,8 @@ def celery(
             120,
             "the worker to answer",
         )
-        yield
+        pids = [proc.pid, *_children(proc.pid), *REDIS_PID]
+        yield lambda: cpu_seconds(pids)
     finally:
         time.sleep(0.5)  # the last task's log line
         os.killpg(proc.pid, signal.SIGTERM)
@@ -259,32 +295,35 @@ def celery(
 
 def submit_phase(
     tmp: Path, n: int, chunk: int, driver: str, client: Any, tasks: Tasks | None
-) -> float:
-    """Seconds to submit the whole sweep with one driver, on a fresh project."""
+) -> tuple[float, float]:
+    """Seconds and CPU seconds to submit the whole sweep with one driver, on a fresh project."""
     setup = Setup(tmp, n)
     sweep_spec = spec(n, chunk)
+    me = [os.getpid()]
     if driver == "in process":
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(me), time.perf_counter()
         with Sweep(
             SweepSpec.model_validate(sweep_spec), server=SERVER, settings=setup.settings()
         ) as sw:
             sw.submit()
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds(me) - c0
     else:
-        with celery(setup, client.conf.broker_url, int(driver[-1]), chunk, tasks or Tasks()):
-            t0 = time.perf_counter()
+        with celery(
+            setup, client.conf.broker_url, int(driver[-1]), chunk, tasks or Tasks()
+        ) as worker_cpu:
+            c0, t0 = worker_cpu(), time.perf_counter()
             # What workers.enqueue.submit_async sends for a spec file.
             body = SweepSpec.model_validate(sweep_spec).model_dump(mode="json")
             sent = client.send_task(
                 "boinc_pipeline.submit", kwargs={"spec": body, "server": SERVER}
             )
             outcome = sent.get(timeout=3600)
+            seconds, cpu = time.perf_counter() - t0, worker_cpu() - c0
             forget(sent)
-            seconds = time.perf_counter() - t0
             assert outcome["created"] == n, outcome
     assert setup.confirmed() == n
     setup.project.close()
-    return seconds
+    return seconds, cpu
 
 
 def computed(tmp: Path, n: int, chunk: int) -> Setup:
@@ -339,26 +378,30 @@ def _all_done(setup: Setup, n: int) -> bool:
 
 def harvest_phase(
     setup: Setup, n: int, chunk: int, driver: str, client: Any, tasks: Tasks | None
-) -> float:
-    """Seconds to harvest every result with one driver, from the computed snapshot."""
+) -> tuple[float, float]:
+    """Seconds and CPU seconds to harvest every result with one driver, from the snapshot."""
     for suffix in ("", "-wal", "-shm"):
         (setup.tmp / f"state.sqlite{suffix}").unlink(missing_ok=True)
     shutil.copy(setup.tmp / "state.snapshot", setup.tmp / "state.sqlite")
     shutil.rmtree(setup.store, ignore_errors=True)
+    me = [os.getpid()]
     if driver == "in process":
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(me), time.perf_counter()
         with Sweep.open("wbench", settings=setup.settings()) as sw:
             sw.harvest(chunk_size=chunk)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds(me) - c0
     else:
         watch = Watch(setup.state_url)
         try:
-            with celery(setup, client.conf.broker_url, int(driver[-1]), chunk, tasks or Tasks()):
-                w0, t0 = time.time(), time.perf_counter()
+            with celery(
+                setup, client.conf.broker_url, int(driver[-1]), chunk, tasks or Tasks()
+            ) as worker_cpu:
+                c0, w0, t0 = worker_cpu(), time.time(), time.perf_counter()
                 plan = client.send_task("boinc_pipeline.harvest", args=["wbench", None])
                 assert plan.get(timeout=3600)["chunks"] == -(-n // chunk)
                 forget(plan)
                 _wait(lambda: watch.harvested() >= n, 3600, "every point harvested", every=0.2)
+                cpu = worker_cpu() - c0
                 # The last chunk's event, not the moment this loop happened to look.
                 seconds = watch.last_event("harvest") - w0
                 assert seconds <= time.perf_counter() - t0
@@ -367,7 +410,7 @@ def harvest_phase(
     assert setup.counts() == {"harvested": n}
     with Sweep.open("wbench", settings=setup.settings()) as sw:
         assert len(sw.results()) == n
-    return seconds
+    return seconds, cpu
 
 
 def _flush(redis_url: str) -> None:
@@ -410,8 +453,10 @@ def main() -> int:
         f"harvest chunks of {chunk}, {args.rounds} rounds, load {_load()}",
         flush=True,
     )
-    # seconds[phase][driver]: one figure per round; tasks[phase][driver]: their worker logs
+    # seconds[phase][driver], cpu[phase][driver]: one figure per round;
+    # tasks[phase][driver]: what their worker logs say
     seconds: dict[str, dict[str, list[float]]] = {p: {d: [] for d in DRIVERS} for p in phases}
+    cpu: dict[str, dict[str, list[float]]] = {p: {d: [] for d in DRIVERS} for p in phases}
     tasks = {p: {d: Tasks() for d in DRIVERS[1:]} for p in phases}
     try:
         _wait(lambda: _ping(port), 20, "the private redis-server")
@@ -419,6 +464,14 @@ def main() -> int:
             setup = None
             if "harvest" in phases:
                 setup = computed(Path(args.computed or Path(tmp) / "h"), n, submit_chunk)
+            if "submit" in phases:
+                # The first submission of a run was up to 2x faster than the later ones,
+                # whichever driver made it (cause not established; the write-back of the
+                # files earlier ones wrote is a candidate): one untimed submission first.
+                where = Path(tmp) / "warm-up"
+                t, _cpu = submit_phase(where, n, submit_chunk, "in process", client, None)
+                shutil.rmtree(where, ignore_errors=True)
+                print(f"  warm-up submission (not counted): {t:.1f} s, load {_load()}", flush=True)
             for r in range(args.rounds):
                 order = DRIVERS[r % len(DRIVERS) :] + DRIVERS[: r % len(DRIVERS)]
                 for phase in phases:
@@ -427,14 +480,17 @@ def main() -> int:
                         log = tasks[phase].get(d)
                         if phase == "submit":
                             where = Path(tmp) / f"s{r}-{d.replace(' ', '')}"
-                            t = submit_phase(where, n, submit_chunk, d, client, log)
+                            t, c = submit_phase(where, n, submit_chunk, d, client, log)
                             shutil.rmtree(where, ignore_errors=True)
                         else:
                             assert setup is not None
-                            t = harvest_phase(setup, n, chunk, d, client, log)
+                            t, c = harvest_phase(setup, n, chunk, d, client, log)
                         seconds[phase][d].append(t)
+                        cpu[phase][d].append(c)
                         print(
-                            f"  round {r + 1}, {phase}, {d}: {t:.1f} s, load {_load()}", flush=True
+                            f"  round {r + 1}, {phase}, {d}: {t:.1f} s, CPU {c:.1f} s, "
+                            f"load {_load()}",
+                            flush=True,
                         )
             if setup is not None:
                 setup.project.close()
@@ -443,7 +499,11 @@ def main() -> int:
         gc.collect()  # the results' finalisers talk to Redis: run them while it is up
         redis.terminate()
         redis.wait()
+    print("wall-clock seconds:")
     _table(n, seconds)
+    print("CPU seconds (in process: this process and its children; Celery: the worker, its pool")
+    print("processes and their children, and Redis):")
+    _table(n, cpu)
     for phase in phases:
         for d, log in tasks[phase].items():
             print(f"{d}, {phase}, all rounds: {log.summary()}")
@@ -457,6 +517,8 @@ def _load() -> str:
 
 def _table(n: int, seconds: dict[str, dict[str, list[float]]]) -> None:
     """Print the median seconds and points/s per phase and driver, and Celery's overhead.
+
+    The same for wall-clock seconds and for CPU seconds.
 
     The overhead is the median over rounds of (driver's time / in-process time
     of the same round) - 1, both phases added: ratios within a round share its
