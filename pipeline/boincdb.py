@@ -86,6 +86,44 @@ class ResultRow:
     sent_time: int
 
 
+_RESULT_COLUMNS = tuple(
+    result.c[name]
+    for name in (
+        "id",
+        "name",
+        "workunitid",
+        "server_state",
+        "outcome",
+        "client_state",
+        "validate_state",
+        "exit_status",
+        "hostid",
+        "cpu_time",
+        "elapsed_time",
+        "received_time",
+        "sent_time",
+    )
+)
+
+
+def _result_row(r: Any) -> ResultRow:
+    return ResultRow(
+        id=int(r.id),
+        name=r.name,
+        workunitid=int(r.workunitid),
+        server_state=int(r.server_state),
+        outcome=int(r.outcome),
+        client_state=int(r.client_state),
+        validate_state=int(r.validate_state),
+        exit_status=int(r.exit_status),
+        hostid=int(r.hostid),
+        cpu_time=float(r.cpu_time),
+        elapsed_time=float(r.elapsed_time),
+        received_time=int(r.received_time),
+        sent_time=int(r.sent_time),
+    )
+
+
 def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -256,42 +294,30 @@ class BoincDB:
         ids = list(workunit_ids)
         out: list[ResultRow] = []
         for chunk in _chunks(ids):
-            for r in self._run(
-                sa.select(
-                    result.c.id,
-                    result.c.name,
-                    result.c.workunitid,
-                    result.c.server_state,
-                    result.c.outcome,
-                    result.c.client_state,
-                    result.c.validate_state,
-                    result.c.exit_status,
-                    result.c.hostid,
-                    result.c.cpu_time,
-                    result.c.elapsed_time,
-                    result.c.received_time,
-                    result.c.sent_time,
-                )
+            rows = self._run(
+                sa.select(*_RESULT_COLUMNS)
                 .where(result.c.workunitid.in_(chunk))
                 .order_by(result.c.id)
-            ):
-                out.append(
-                    ResultRow(
-                        id=int(r.id),
-                        name=r.name,
-                        workunitid=int(r.workunitid),
-                        server_state=int(r.server_state),
-                        outcome=int(r.outcome),
-                        client_state=int(r.client_state),
-                        validate_state=int(r.validate_state),
-                        exit_status=int(r.exit_status),
-                        hostid=int(r.hostid),
-                        cpu_time=float(r.cpu_time),
-                        elapsed_time=float(r.elapsed_time),
-                        received_time=int(r.received_time),
-                        sent_time=int(r.sent_time),
-                    )
-                )
+            )
+            out += map(_result_row, rows)
+        return out
+
+    def canonical_results(self, names: Iterable[str]) -> dict[str, tuple[str, ResultRow]]:
+        """Return {result name: (workunit name, result)} for those of ``names`` that are canonical.
+
+        A result counts only while it is its workunit's ``canonical_resultid``;
+        results are found by their unique name index.
+        """
+        wanted = sorted(set(names))
+        out: dict[str, tuple[str, ResultRow]] = {}
+        for chunk in _chunks(wanted):
+            rows = self._run(
+                sa.select(*_RESULT_COLUMNS, workunit.c.name.label("wu_name"))
+                .select_from(result.join(workunit, workunit.c.id == result.c.workunitid))
+                .where(result.c.name.in_(chunk), workunit.c.canonical_resultid == result.c.id)
+            )
+            for row in rows:
+                out[row.name] = (row.wu_name, _result_row(row))
         return out
 
     # -- apps and the queue ---------------------------------------------------

@@ -50,7 +50,7 @@ from pipeline.errors import (
     RemoteFileError,
 )
 from pipeline.parse import OutputProblem, PointRows, assemble_stream
-from pipeline.plan import sweep_name_prefix, wu_name
+from pipeline.plan import parse_wu_name, sweep_name_prefix, wu_name
 from pipeline.spec import SweepSpec
 from pipeline.state import StateDB, SweepRecord
 from pipeline.store import Candidate, Claim, ResultStore
@@ -233,6 +233,35 @@ def _done_points(state: StateDB, boinc: Any, sweep: SweepRecord) -> dict[str, _D
             continue
         pid, att, params = by_wu[name]
         out[result.name] = _Done(pid, att, params, name, result)
+    return out
+
+
+def done_results(
+    state: StateDB, boinc: Any, sweep: SweepRecord, result_names: Iterable[str]
+) -> dict[str, _Done]:
+    """Return {result name: point} for the given results only (what a harvest chunk needs).
+
+    A result counts when it is its workunit's canonical result, the workunit is
+    the current attempt of one of this sweep version's points, and that point
+    is ``done`` in the state database. Two lookups by name and by point id: a
+    chunk of a large sweep reads only its own rows.
+    """
+    wanted: dict[str, tuple[str, int]] = {}  # result name -> (point id, attempt)
+    canonical = boinc.canonical_results(result_names)
+    for result_name, (wu, _row) in canonical.items():
+        try:
+            parsed = parse_wu_name(wu)
+        except ValueError:
+            continue
+        if (parsed.sweep, parsed.version) == (sweep.name, sweep.version):
+            wanted[result_name] = (parsed.point_id, parsed.attempt)
+    found = state.points_by_id(sweep.id, (pid for pid, _a in wanted.values()), ["done"])
+    params = {(pid, att): p for pid, att, p in found}
+    out: dict[str, _Done] = {}
+    for result_name, key in wanted.items():
+        if key in params:
+            wu, row = canonical[result_name]
+            out[result_name] = _Done(key[0], key[1], params[key], wu, row)
     return out
 
 

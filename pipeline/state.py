@@ -49,6 +49,9 @@ __all__ = [
 
 SCHEMA_VERSION = 2
 
+#: How many values go into one ``IN (...)`` list (SQLite allows 32,766 bound values).
+IN_LIST = 1000
+
 #: Every state a point can be in, from the pipeline's point of view.
 #: ``planned``: never submitted; ``submitted``: a workunit exists (or is being
 #: created) for its current attempt; ``done``: BOINC finished it successfully;
@@ -527,6 +530,24 @@ class StateDB:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [(pid, int(att), json.loads(pj)) for pid, att, pj in rows]
+
+    def points_by_id(
+        self, sweep_id: int, point_ids: Iterable[str], states: Sequence[str]
+    ) -> list[tuple[str, int, dict[str, Any]]]:
+        """Return (point_id, current attempt, params) of the given points that are in ``states``."""
+        wanted = sorted(set(point_ids))
+        out: list[tuple[str, int, dict[str, Any]]] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), IN_LIST):
+                rows = conn.execute(
+                    sa.select(points.c.point_id, points.c.attempt, points.c.params_json).where(
+                        points.c.sweep_id == sweep_id,
+                        points.c.state.in_(list(states)),
+                        points.c.point_id.in_(wanted[start : start + IN_LIST]),
+                    )
+                ).all()
+                out += [(pid, int(att), json.loads(pj)) for pid, att, pj in rows]
+        return out
 
     def set_point_states(
         self,

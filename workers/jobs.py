@@ -10,7 +10,6 @@ or two at once, neither duplicates nor loses anything.
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import re
@@ -258,7 +257,7 @@ def harvest_chunk(
 
     spec, record = _sweep(res, name, version)
     server = res.server(record.server)
-    done = _chunk_done(res, server.boinc, record, results)
+    done = hv.done_results(res.state, server.boinc, record, results)
     report = hv.HarvestReport(done=len(done))
     if done:
         if files is None:
@@ -299,84 +298,6 @@ def _chunk_paths(app_dir: str, files: dict[str, str], done: dict[str, Any]) -> d
             continue
         paths[result] = posixpath.join(app_dir, relative)
     return paths
-
-
-def _chunk_done(
-    res: Resources, boinc_db: Any, record: SweepRecord, results: Sequence[str]
-) -> dict[str, Any]:
-    """Return {result name: done point} for these results only (as ``_done_points`` does for all).
-
-    A result counts when it is its workunit's canonical result, the workunit
-    is the current attempt of one of this sweep version's points, and that
-    point is ``done`` in the state database.
-    """
-    import sqlalchemy as sa
-
-    from pipeline import boinc
-    from pipeline import harvest as hv
-    from pipeline.boincdb import IN_CHUNK, ResultRow
-    from pipeline.plan import parse_wu_name
-    from pipeline.state import points
-
-    r, w = boinc.result, boinc.workunit
-    names = sorted(set(results))
-    canonical: dict[str, tuple[str, ResultRow]] = {}
-    for start in range(0, len(names), IN_CHUNK):
-        rows = boinc_db._run(
-            sa.select(
-                r.c.id, r.c.name, r.c.workunitid, r.c.server_state, r.c.outcome,
-                r.c.client_state, r.c.validate_state, r.c.exit_status, r.c.hostid,
-                r.c.cpu_time, r.c.elapsed_time, r.c.received_time, r.c.sent_time,
-                w.c.name.label("wu_name"),
-            )
-            .select_from(r.join(w, w.c.id == r.c.workunitid))
-            .where(r.c.name.in_(names[start : start + IN_CHUNK]), w.c.canonical_resultid == r.c.id)
-        )  # fmt: skip
-        for row in rows:
-            canonical[row.name] = (
-                row.wu_name,
-                ResultRow(
-                    id=int(row.id),
-                    name=row.name,
-                    workunitid=int(row.workunitid),
-                    server_state=int(row.server_state),
-                    outcome=int(row.outcome),
-                    client_state=int(row.client_state),
-                    validate_state=int(row.validate_state),
-                    exit_status=int(row.exit_status),
-                    hostid=int(row.hostid),
-                    cpu_time=float(row.cpu_time),
-                    elapsed_time=float(row.elapsed_time),
-                    received_time=int(row.received_time),
-                    sent_time=int(row.sent_time),
-                ),
-            )
-    wanted: dict[str, tuple[str, int]] = {}  # result name -> (point id, attempt)
-    for result_name, (wu, _row) in canonical.items():
-        try:
-            parsed = parse_wu_name(wu)
-        except ValueError:
-            continue
-        if (parsed.sweep, parsed.version) == (record.name, record.version):
-            wanted[result_name] = (parsed.point_id, parsed.attempt)
-    params: dict[tuple[str, int], dict[str, Any]] = {}
-    point_ids = sorted({pid for pid, _a in wanted.values()})
-    with res.state.engine.connect() as conn:
-        for start in range(0, len(point_ids), IN_CHUNK):
-            rows = conn.execute(
-                sa.select(points.c.point_id, points.c.attempt, points.c.params_json).where(
-                    points.c.sweep_id == record.id,
-                    points.c.state == "done",
-                    points.c.point_id.in_(point_ids[start : start + IN_CHUNK]),
-                )
-            ).all()
-            params.update({(pid, int(att)): json.loads(pj) for pid, att, pj in rows})
-    out: dict[str, Any] = {}
-    for result_name, key in wanted.items():
-        if key in params:
-            wu, row = canonical[result_name]
-            out[result_name] = hv._Done(key[0], key[1], params[key], wu, row)
-    return out
 
 
 # --------------------------------------------------------------------------- tick

@@ -67,7 +67,9 @@ def test_chunks_look_up_only_their_results_and_check_the_plans_files(
     everything = hv._done_points(res.state, server.boinc, record)
     first, second, third = plan["chunks"]
     # The chunk's own lookup finds what the whole sweep's lookup finds for it.
-    assert jobs._chunk_done(res, server.boinc, record, first) == {n: everything[n] for n in first}
+    assert hv.done_results(res.state, server.boinc, record, first) == {
+        n: everything[n] for n in first
+    }
 
     out = jobs.harvest_chunk(res, "chunks", 1, first, {n: files[n] for n in first})
     assert (out["done"], out["found"], out["ingested"]) == (4, 4, 4)
@@ -85,7 +87,7 @@ def test_chunks_look_up_only_their_results_and_check_the_plans_files(
     assert (out["done"], out["found"], out["ingested"]) == (4, 1, 1)
     assert res.state.point_counts(record.id) == {"harvested": 9, "done": 3}
     # Results harvested already, or of another sweep version, are not done any more.
-    assert jobs._chunk_done(res, server.boinc, record, first) == {}
+    assert hv.done_results(res.state, server.boinc, record, first) == {}
     out = jobs.harvest_chunk(res, "chunks", 1, third, {n: files[n] for n in third})
     assert (out["done"], out["ingested"]) == (3, 3)
     assert res.state.point_counts(record.id) == {"harvested": 12}
