@@ -67,6 +67,7 @@ import sqlalchemy as sa  # noqa: E402
 from pipeline import boinc  # noqa: E402
 from pipeline.archive import ArchiveLimits  # noqa: E402
 from pipeline.config import DbConfig, ServerConfig  # noqa: E402
+from pipeline.emulator.records import assimilated_success  # noqa: E402
 from pipeline.harvest import harvest_sweep  # noqa: E402
 from pipeline.plan import wu_name  # noqa: E402
 from pipeline.server import Server  # noqa: E402
@@ -99,17 +100,6 @@ def spec_for(n: int, name: str = "hv") -> SweepSpec:
             ],
         }
     )
-
-
-def full_row(table: sa.Table, **values: Any) -> dict[str, Any]:
-    """A row for a BOINC table with every NOT NULL column given a neutral value."""
-    row: dict[str, Any] = {}
-    for col in table.columns:
-        if col.primary_key or col.nullable or col.server_default is not None:
-            continue
-        row[col.name] = "" if isinstance(col.type, sa.String) else 0
-    row.update(values)
-    return row
 
 
 def tgz(members: dict[str, bytes]) -> bytes:
@@ -159,39 +149,9 @@ class Setup:
         self.bytes = 0
         for i, (_pid, _att, wu) in enumerate(planned, 1):
             params = points[i - 1][2]
-            wus.append(
-                full_row(
-                    boinc.workunit,
-                    id=i,
-                    name=wu,
-                    create_time=now - 7200,
-                    appid=1,
-                    canonical_resultid=i,
-                    assimilate_state=2,
-                    file_delete_state=1,
-                    transition_time=boinc.INT_MAX,
-                    min_quorum=1,
-                    target_nresults=1,
-                )
-            )
-            results.append(
-                full_row(
-                    boinc.result,
-                    id=i,
-                    name=f"{wu}_0",
-                    workunitid=i,
-                    server_state=5,
-                    outcome=1,
-                    client_state=5,
-                    validate_state=1,
-                    hostid=1 + i % 50,
-                    cpu_time=100.0,
-                    elapsed_time=110.0,
-                    sent_time=now - 3600,
-                    received_time=now - 60,
-                    appid=1,
-                )
-            )
+            wu_row, result_row = assimilated_success(i, wu, now, hostid=1 + i % 50)
+            wus.append(wu_row)
+            results.append(result_row)
             path = folder_day / f"{wu}_0_r{1000000 + i}_0.tgz"
             if big is not None:
                 shutil.copy(big, path)

@@ -25,6 +25,7 @@ from archives import Entry, tgz
 from pipeline import boinc
 from pipeline import harvest as hv
 from pipeline.config import DbConfig, ServerConfig
+from pipeline.emulator.records import assimilated_success
 from pipeline.errors import HarvestError
 from pipeline.harvest import HarvestReport, harvest_sweep
 from pipeline.plan import wu_name
@@ -51,17 +52,6 @@ def _spec(n: int, outputs: list[dict[str, Any]] | None = None) -> SweepSpec:
     )
 
 
-def _row(table: sa.Table, **values: Any) -> dict[str, Any]:
-    """A row of a BOINC table with every NOT NULL column given a neutral value."""
-    row: dict[str, Any] = {}
-    for col in table.columns:
-        if col.primary_key or col.nullable or col.server_default is not None:
-            continue
-        row[col.name] = "" if isinstance(col.type, sa.String) else 0
-    row.update(values)
-    return row
-
-
 class Site:
     """A sweep whose points are all done, with one result archive per point on disk."""
 
@@ -86,39 +76,9 @@ class Site:
         for i, (pid, _a, wu) in enumerate(planned, 1):
             x = int(points[i - 1][2]["x"])
             self.x_of[pid] = x
-            wus.append(
-                _row(
-                    boinc.workunit,
-                    id=i,
-                    name=wu,
-                    create_time=now - 7200,
-                    appid=1,
-                    canonical_resultid=i,
-                    assimilate_state=2,
-                    file_delete_state=1,
-                    transition_time=boinc.INT_MAX,
-                    min_quorum=1,
-                    target_nresults=1,
-                )
-            )
-            rows.append(
-                _row(
-                    boinc.result,
-                    id=i,
-                    name=f"{wu}_0",
-                    workunitid=i,
-                    server_state=5,
-                    outcome=1,
-                    client_state=5,
-                    validate_state=1,
-                    hostid=7,
-                    cpu_time=100.0,
-                    elapsed_time=110.0,
-                    sent_time=now - 3600,
-                    received_time=now - 60,
-                    appid=1,
-                )
-            )
+            wu_row, result_row = assimilated_success(i, wu, now, hostid=7)
+            wus.append(wu_row)
+            rows.append(result_row)
             (day_folder / f"{wu}_0_r{1000000 + i}_0.tgz").write_bytes(archive(x))
         with engine.begin() as conn:
             conn.execute(sa.insert(boinc.workunit), wus)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from pipeline import boinc
 from pipeline.boinc import ErrorMask, Outcome, ServerState
 from pipeline.boincdb import BoincDB, ResultRow, WorkunitRow, like_prefix
+from pipeline.emulator.records import neutral_row
 from pipeline.track import classify, failure_reason
 
 
@@ -93,22 +94,10 @@ def boinc_mariadb(mariadb_url: str) -> Iterator[BoincDB]:
     db.close()
 
 
-def _full_row(table: sa.Table, **values: object) -> dict[str, object]:
-    """Give every NOT NULL column without a default a zero value, as create_work writes them."""
-    row: dict[str, object] = {}
-    for col in table.columns:
-        if col.autoincrement is True or col.primary_key or col.nullable:
-            continue
-        if col.server_default is None:
-            row[col.name] = "" if isinstance(col.type, sa.String) else 0
-    row.update(values)
-    return row
-
-
 def _insert_workunits(db: BoincDB, names: list[str]) -> None:
     now = int(time.time())
     rows = [
-        _full_row(boinc.workunit, create_time=now, appid=1, name=n, transition_time=now)
+        neutral_row(boinc.workunit, create_time=now, appid=1, name=n, transition_time=now)
         for n in names
     ]
     with db.engine.begin() as conn:
@@ -159,12 +148,12 @@ def _insert_cases(db: BoincDB, prefix: str) -> list[str]:
     names = [f"{prefix}{i:016x}_a1" for i in range(len(CLASS_CASES))]
     with db.engine.begin() as conn:
         for name, (columns, states) in zip(names, CLASS_CASES, strict=True):
-            row = _full_row(boinc.workunit, create_time=now, appid=1, name=name, **columns)
+            row = neutral_row(boinc.workunit, create_time=now, appid=1, name=name, **columns)
             wu_id = conn.execute(sa.insert(boinc.workunit), row).inserted_primary_key[0]
             for k, st in enumerate(states):
                 conn.execute(
                     sa.insert(boinc.result),
-                    _full_row(
+                    neutral_row(
                         boinc.result,
                         create_time=now,
                         workunitid=wu_id,
