@@ -47,7 +47,7 @@ import itertools
 import math
 import operator
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
@@ -379,12 +379,20 @@ class RandInt(_Model):
 _DISTRIBUTIONS = ("uniform", "loguniform", "normal", "choice", "randint")
 
 
-def _dist_kind(v: Any) -> str | None:
-    if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in _DISTRIBUTIONS:
-        return str(next(iter(v)))
-    if isinstance(v, BaseModel):
-        return next(iter(type(v).model_fields))
-    return None
+def _single_key_kind(keys: tuple[str, ...]) -> Callable[[Any], str | None]:
+    """Return a discriminator: the one key of a mapping (one of ``keys``) or a model's field."""
+
+    def kind(v: Any) -> str | None:
+        if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in keys:
+            return str(next(iter(v)))
+        if isinstance(v, BaseModel):
+            return next(iter(type(v).model_fields))
+        return None
+
+    return kind
+
+
+_dist_kind = _single_key_kind(_DISTRIBUTIONS)
 
 
 Distribution = Annotated[
@@ -487,12 +495,7 @@ class ConcatBlock(_Model):
 _BLOCK_KEYS = ("grid", "zip", "points", "random", "lhs", "product", "concat")
 
 
-def _block_kind(v: Any) -> str | None:
-    if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in _BLOCK_KEYS:
-        return str(next(iter(v)))
-    if isinstance(v, BaseModel):
-        return next(iter(type(v).model_fields))
-    return None
+_block_kind = _single_key_kind(_BLOCK_KEYS)
 
 
 Block = Annotated[
