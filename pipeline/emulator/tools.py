@@ -103,6 +103,8 @@ def _project_for(script_path: str, config_dir: str | None = None) -> Project:
 
 def parse_command_line(line: str) -> list[str]:
     """Split a line into tokens the way BOINC's ``parse_command_line`` does."""
+    if "'" not in line and '"' not in line:
+        return line.split()  # no quotes: whitespace alone separates tokens
     tokens: list[str] = []
     i, n = 0, len(line)
     while i < n:
@@ -251,32 +253,36 @@ class _Creator:
         self.opts = opts
         self.templates: dict[Path, _InputTemplate] = {}
         self.md5: dict[Path, tuple[str, int]] = {}
+        self.paths: dict[str, Path] = {}
         self.now = int(time.time())
 
     def _file_md5(self, path: Path, sticky: bool) -> tuple[str, int]:
         if path in self.md5:
             return self.md5[path]
-        cache = path.with_name(path.name + ".md5")
-        if sticky and cache.exists():
+        cache = path.with_name(path.name + ".md5") if sticky else None
+        if cache is not None and cache.exists():
             md5, _, nbytes = cache.read_text().partition(" ")
             info = (md5, int(nbytes))
         else:
             try:
                 h = hashlib.md5(usedforsecurity=False)
-                with path.open("rb") as fh:
+                with open(path, "rb") as fh:
                     for chunk in iter(lambda: fh.read(1 << 20), b""):
                         h.update(chunk)
-                info = (h.hexdigest(), path.stat().st_size)
+                    info = (h.hexdigest(), os.fstat(fh.fileno()).st_size)
             except FileNotFoundError as exc:
                 raise ToolError(f"input file {path.name} not found at {path}") from exc
-            if sticky:
+            if cache is not None:
                 cache.write_text(f"{info[0]} {info[1]}\n")
         self.md5[path] = info
         return info
 
     def _path(self, rel: str) -> Path:
-        p = Path(rel)
-        return p if p.is_absolute() else self.project.root / p
+        path = self.paths.get(rel)
+        if path is None:
+            p = Path(rel)
+            path = self.paths[rel] = p if p.is_absolute() else self.project.root / p
+        return path
 
     def xml_doc(self, job: _Job) -> str:
         tpl = _load_template(self._path(job.wu_template), self.templates)

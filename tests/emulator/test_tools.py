@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from pipeline import boinc
 from pipeline.emulator import Project
+from pipeline.emulator.tools import parse_command_line
 
 from .conftest import b2d, result_rows, wu_row
 
@@ -390,3 +391,17 @@ def test_container_mode_with_docker(project: Project, busybox_image: str) -> Non
         ).stdout
     )
     assert info["files"][-1].startswith("image_")
+
+
+@pytest.mark.parametrize(
+    ("line", "tokens"),
+    [
+        ("--wu_name a_1  f1\tf2", ["--wu_name", "a_1", "f1", "f2"]),
+        ("  a\u00a0b\u2003c  ", ["a", "b", "c"]),  # Unicode spaces, as isspace() sees them
+        ("--command_line 'x y' \"z\"", ["--command_line", "x y", "z"]),
+        ("a 'unterminated rest", ["a", "unterminated rest"]),
+        ("", []),
+    ],
+)
+def test_stdin_lines_split_like_boincs_parse_command_line(line: str, tokens: list[str]) -> None:
+    assert parse_command_line(line) == tokens
