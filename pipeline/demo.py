@@ -373,18 +373,6 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _status_of(result: dict[str, Any]) -> SweepStatus:
-    """A :class:`SweepStatus` from the dict the ``poll`` task returns."""
-    return SweepStatus(
-        sweep=result["sweep"],
-        version=int(result["version"]),
-        total=int(result["total"]),
-        counts={k: int(v) for k, v in result["counts"].items() if v},
-        failure_reasons={k: int(v) for k, v in result["failure_reasons"].items()},
-        checked_at=float(result["checked_at"]),
-    )
-
-
 def _drive_celery(
     console: Console, workers: _CeleryWorkers, spec: SweepSpec, server: str, deadline: float
 ) -> SweepStatus:
@@ -421,7 +409,7 @@ def _drive_celery(
                 if result.failed():
                     console.print(f"[yellow]{kind} task failed: {result.result!r}[/]")
                 elif kind == "poll":
-                    status = _status_of(result.result)
+                    status = SweepStatus.from_dict(result.result)
                     finished = bool(result.result["finished"])
                 forget(result)
             inflight[kind] = workers.send(kind, *task_args)

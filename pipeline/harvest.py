@@ -156,11 +156,9 @@ def _decorate(batch: Any, params: Mapping[str, Any], meta: Mapping[str, Any]) ->
     # building an n-element list; with no rows the empty list keeps the null type.
     constant = (lambda v: pa.repeat(v, n)) if n else (lambda v: pa.array([]))
     names = set(table.column_names)
+    _check_collisions(names, params)
     for name, value in params.items():
-        column = f"p.{name}"
-        if column in names:
-            raise HarvestError(f"output column {column!r} collides with parameter {name!r}")
-        table = table.append_column(column, constant(value))
+        table = table.append_column(f"p.{name}", constant(value))
     for name, value in meta.items():
         if name in names:
             table = table.drop_columns([name])

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -100,6 +101,18 @@ class SweepStatus:
     counts: dict[str, int] = field(default_factory=dict)
     failure_reasons: dict[str, int] = field(default_factory=dict)
     checked_at: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SweepStatus:
+        """Rebuild a status from :meth:`as_dict`'s output (zero counts are left out)."""
+        return cls(
+            sweep=data["sweep"],
+            version=int(data["version"]),
+            total=int(data["total"]),
+            counts={k: int(v) for k, v in data["counts"].items() if v},
+            failure_reasons={k: int(v) for k, v in data["failure_reasons"].items()},
+            checked_at=float(data["checked_at"]),
+        )
 
     def as_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict of the status."""

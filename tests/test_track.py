@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +15,7 @@ from pipeline import boinc
 from pipeline.boinc import ErrorMask, Outcome, ServerState
 from pipeline.boincdb import BoincDB, ResultRow, WorkunitRow, like_prefix
 from pipeline.emulator.records import neutral_row
-from pipeline.track import classify, failure_reason
+from pipeline.track import SweepStatus, classify, failure_reason
 
 
 def _wu(**kw: int) -> WorkunitRow:
@@ -104,18 +106,23 @@ def _insert_workunits(db: BoincDB, names: list[str]) -> None:
         conn.execute(sa.insert(boinc.workunit), rows)
 
 
+def _explain(db: BoincDB, query: sa.Select[Any], prefix: str) -> list[Any]:
+    """MariaDB's plan for a prefix query, after fresh table statistics."""
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE TABLE workunit, result")
+        bound = query.params(pattern=like_prefix(prefix))
+        compiled = bound.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        sql = str(compiled).replace("%%", "%")
+        return list(conn.exec_driver_sql(f"EXPLAIN {sql}".replace("%", "%%")).mappings())
+
+
 def test_prefix_query_uses_the_name_index_on_mariadb(boinc_mariadb: BoincDB) -> None:
     ours = [f"grid_v1_{i:016x}_a1" for i in range(50)]
     others = [f"grid_v10_{i:016x}_a1" for i in range(50)] + [
         f"gridx_v1_{i:016x}_a1" for i in range(50)
     ]
     _insert_workunits(boinc_mariadb, ours + others + [f"other_{i}" for i in range(500)])
-    with boinc_mariadb.engine.connect() as conn:
-        conn.exec_driver_sql("ANALYZE TABLE workunit")
-        query = boinc_mariadb.workunit_states_query().params(pattern=like_prefix("grid_v1_"))
-        compiled = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-        sql = str(compiled).replace("%%", "%")
-        plan = conn.exec_driver_sql(f"EXPLAIN {sql}".replace("%", "%%")).mappings().all()
+    plan = _explain(boinc_mariadb, boinc_mariadb.workunit_states_query(), "grid_v1_")
     wu_plan = next(p for p in plan if p["table"] == "workunit")
     assert wu_plan["key"] == "name", plan
     assert wu_plan["type"] == "range", plan
@@ -183,12 +190,7 @@ def _assert_sql_matches_classify(db: BoincDB) -> None:
 def test_server_side_classification_matches_classify_on_mariadb(boinc_mariadb: BoincDB) -> None:
     _assert_sql_matches_classify(boinc_mariadb)
     _insert_workunits(boinc_mariadb, [f"other_{i}" for i in range(500)])
-    with boinc_mariadb.engine.connect() as conn:
-        conn.exec_driver_sql("ANALYZE TABLE workunit, result")
-        query = boinc_mariadb.workunit_classes_query().params(pattern=like_prefix("cls_v1_"))
-        compiled = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-        sql = str(compiled).replace("%%", "%")
-        plan = conn.exec_driver_sql(f"EXPLAIN {sql}".replace("%", "%%")).mappings().all()
+    plan = _explain(boinc_mariadb, boinc_mariadb.workunit_classes_query(), "cls_v1_")
     by_table = {p["table"]: p for p in plan}
     assert by_table["workunit"]["key"] == "name", plan
     assert by_table["workunit"]["type"] == "range", plan
@@ -202,3 +204,16 @@ def test_server_side_classification_matches_classify_on_sqlite(tmp_path: Path) -
     boinc.metadata.create_all(engine)
     with BoincDB(url, engine=engine) as db:
         _assert_sql_matches_classify(db)
+
+
+def test_a_status_survives_its_json_form() -> None:
+    status = SweepStatus(
+        sweep="grid",
+        version=2,
+        total=5,
+        counts={"done": 3, "failed": 2},
+        failure_reasons={"too_many_error_results: 2x client_error": 2},
+        checked_at=1.5,
+    )
+    wire = json.loads(json.dumps(status.as_dict()))
+    assert SweepStatus.from_dict(wire) == status
