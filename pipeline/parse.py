@@ -48,10 +48,13 @@ output to ``<prefix>.<column>`` (``output_file`` included).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
+import queue
 import re
+import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -497,6 +500,112 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordB
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def _line_blocks(stream: IO[bytes], block_size: int, max_line: int) -> Iterator[bytes]:
+    """Read a stream in blocks of about ``block_size`` bytes that end at a line break."""
+    pending = b""
+    while True:
+        data = stream.read(block_size)
+        if not data:
+            if pending:
+                yield pending
+            return
+        data = pending + data if pending else data
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        if cut == 0:
+            if len(data) > max_line:
+                raise ParseError(f"a line is longer than {max_line} bytes")
+            pending = data
+            continue
+        pending = data[cut:]
+        yield data[:cut]
+
+
+def _read_ahead(blocks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
+    """Yield the items of ``blocks``, produced one step ahead on a helper thread.
+
+    Reading (decompressing) the next block then overlaps with parsing this one.
+    Unlike Arrow's read-ahead, the helper thread is stopped and joined when this
+    generator ends or is closed, so the source is never touched afterwards.
+    """
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        slots.put(("block", block), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put(("error", exc))
+
+    worker = threading.Thread(target=produce, name="csv-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = slots.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                slots.get(timeout=0.05)
+        worker.join()
+
+
+def _csv_stream_batches(
+    spec: OutputLike, stream: IO[bytes], *, block_size: int, max_line: int
+) -> Iterator[pa.RecordBatch]:
+    """Parse csv/tsv from a stream block by block, all on the calling thread.
+
+    Arrow's own streaming reader reads its source ahead on a background I/O
+    thread. With a Python stream (a tar member) that thread would go on reading
+    the archive after the reader is abandoned, and closing a reader before its
+    end can crash the process (apache/arrow#43604). Here Arrow only ever sees
+    whole in-memory blocks cut at line breaks, which is also where its own
+    chunker cuts when values hold no line breaks (the ParseOptions default).
+    The header and the column types come from the first block, as in Arrow's
+    streaming reader; a later value that does not fit is a ParseError.
+    """
+    parse = _csv_options(spec)
+    names: list[str] | None = None
+    convert = pa_csv.ConvertOptions()
+    line = 1
+    for block in _read_ahead(_line_blocks(stream, block_size, max_line)):
+        read = pa_csv.ReadOptions(block_size=len(block) + 1, use_threads=False, column_names=names)
+        try:
+            reader = pa_csv.open_csv(
+                pa.BufferReader(block),
+                read_options=read,
+                parse_options=parse,
+                convert_options=convert,
+            )
+            try:
+                table = reader.read_all()
+            finally:
+                reader.close()
+        except pa.ArrowInvalid as exc:
+            if names is None and "Empty CSV file" in str(exc):
+                continue  # blank lines only, so far
+            raise ParseError(f"invalid {spec.kind} (from line {line}): {exc}") from exc
+        line += block.count(b"\n")
+        if names is None:
+            _check_names(table.schema)
+            names = table.schema.names
+            convert = pa_csv.ConvertOptions(column_types={f.name: f.type for f in table.schema})
+        yield from table.to_batches()
+
+
 def iter_batches(
     spec: OutputLike,
     stream: IO[bytes],
@@ -513,27 +622,8 @@ def iter_batches(
     those of the first block; a later value that does not fit raises ParseError.
     """
     if spec.kind in ("csv", "tsv"):
-        # One thread: the stream is only valid while this generator runs, so no
-        # background thread may read it ahead.
-        read = pa_csv.ReadOptions(block_size=block_size, use_threads=False)
-        try:
-            reader = pa_csv.open_csv(stream, read_options=read, parse_options=_csv_options(spec))
-        except pa.ArrowInvalid as exc:
-            if "Empty CSV file" in str(exc):
-                return
-            raise ParseError(f"invalid {spec.kind}: {exc}") from exc
-        try:
-            _check_names(reader.schema)
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    return
-                except pa.ArrowInvalid as exc:
-                    raise ParseError(f"invalid {spec.kind}: {exc}") from exc
-                yield batch
-        finally:
-            reader.close()
+        yield from _csv_stream_batches(spec, stream, block_size=block_size, max_line=max_line)
+        return
     if spec.kind != "jsonl":
         raise ParseError(f"kind {spec.kind!r} cannot be parsed as a stream")
     schema: pa.Schema | None = None

@@ -7,6 +7,8 @@ import io
 import json
 import math
 import tarfile
+import threading
+import time
 import tracemalloc
 import zlib
 from collections.abc import Iterator
@@ -397,6 +399,77 @@ def test_iter_batches_csv_and_jsonl_from_a_member_stream() -> None:
     assert got == {"t.csv": 5000, "t.jsonl": 300}
 
 
+class _WatchedStream(io.BytesIO):
+    """A stream that counts the reads made after it was marked closed to its reader."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.abandoned = False
+        self.late_reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        time.sleep(0.002)  # a slow source: a read ahead is still running at close
+        if self.abandoned:
+            self.late_reads += 1
+        return super().read(size)
+
+    def readinto(self, b: Any) -> int:
+        time.sleep(0.002)
+        if self.abandoned:
+            self.late_reads += 1
+        return super().readinto(b)
+
+
+@pytest.mark.parametrize("stop", ["close", "error"])
+def test_csv_stream_is_never_read_after_the_batches_stop(stop: str) -> None:
+    rows = "".join(f"{i},{i * 0.5}\n" for i in range(50_000))
+    text = "i,x\n" + (rows if stop == "close" else "1,2\n" * 3000 + "1,oops\n" + rows)
+    stream = _WatchedStream(text.encode())
+    batches = iter_batches(out("t.csv", "csv"), stream, "t.csv", block_size=4096)
+    if stop == "close":
+        assert next(batches).column("i").to_pylist()[0] == 0
+        batches.close()
+    else:
+        with pytest.raises(ParseError, match="invalid csv"):
+            list(batches)
+    stream.abandoned = True
+    time.sleep(0.3)  # a read-ahead thread still running would read now
+    assert stream.late_reads == 0
+    assert 0 < stream.tell() < len(text) // 2
+    assert not [t for t in threading.enumerate() if t.name == "csv-read-ahead"]
+
+
+def test_csv_stream_blocks_cut_lines_and_keep_the_first_blocks_types() -> None:
+    rows = [f"{i},{i / 4}\r\n" for i in range(3000)]
+    got = list(
+        iter_batches(
+            out("t.csv", "csv"),
+            io.BytesIO(("i,x\r\n" + "".join(rows)).encode()),
+            "t.csv",
+            block_size=1000,
+        )
+    )
+    assert len(got) > 10
+    table = pa.Table.from_batches(got)
+    assert table.column("i").to_pylist() == list(range(3000))
+    assert table.schema.field("x").type == pa.float64()
+    header_only = list(iter_batches(out("t.csv", "csv"), io.BytesIO(b"\n\ni,x\n"), "t"))
+    assert sum(b.num_rows for b in header_only) == 0
+    late = "i\n" + "1\n" * 2000 + "oops\n"
+    with pytest.raises(ParseError, match="invalid csv"):
+        list(iter_batches(out("t.csv", "csv"), io.BytesIO(late.encode()), "t", block_size=512))
+    with pytest.raises(ParseError, match="longer than 100 bytes"):
+        list(
+            iter_batches(
+                out("t.csv", "csv"),
+                io.BytesIO(b"a\n" + b"x" * 500),
+                "t",
+                block_size=64,
+                max_line=100,
+            )
+        )
+
+
 def test_jsonl_stream_type_change_is_a_parse_error() -> None:
     text = '{"a": 1}\n' * 10 + '{"a": "x"}\n'
     with pytest.raises(ParseError, match="changed type"):
@@ -573,9 +646,7 @@ def test_streaming_a_large_csv_member_in_bounded_memory() -> None:
             n += batch.num_rows
         _, python_peak = tracemalloc.get_traced_memory()
         problems = point.problems
-        # Close the reader (and Arrow's read-ahead on its I/O thread) before
-        # tracemalloc stops: CPython 3.11 can crash when another thread allocates
-        # while tracemalloc is being stopped.
+        # Close the generator (and the reader it holds) before tracemalloc stops.
         close = getattr(point.batches, "close", None)
         if close is not None:
             close()
