@@ -61,6 +61,23 @@ def random_name(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
 
 
+def grid_spec(name: str = "grid", n: int = 3, **extra: Any) -> dict[str, Any]:
+    """A grid sweep of ``n * 2`` points whose job writes ``z = x * y`` as key=value text."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": "boinc-pipeline-test/host:latest",
+        "command": [
+            "sh",
+            "-c",
+            "mkdir -p /root/shared/results && echo z=$(({x} * {y})) > /root/shared/results/out.txt",
+        ],
+        "parameters": {"grid": {"x": list(range(1, n + 1)), "y": [2, 5]}},
+        "outputs": [{"file": "out.txt", "kind": "keyvalue"}],
+    }
+    spec.update(extra)
+    return spec
+
+
 @pytest.fixture
 def mariadb_url() -> Iterator[str]:
     """A fresh, empty MariaDB database; dropped after the test."""

@@ -37,23 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER = "emulated"
 
 
-def grid(name: str, n: int, **extra: Any) -> dict[str, Any]:
-    """A grid sweep of ``n * 2`` points whose job writes ``z = x * y``."""
-    spec: dict[str, Any] = {
-        "name": name,
-        "image": "boinc-pipeline-test/host:latest",
-        "command": [
-            "sh",
-            "-c",
-            "mkdir -p /root/shared/results && echo z=$(({x} * {y})) > /root/shared/results/out.txt",
-        ],
-        "parameters": {"grid": {"x": list(range(1, n + 1)), "y": [2, 5]}},
-        "outputs": [{"file": "out.txt", "kind": "keyvalue"}],
-    }
-    spec.update(extra)
-    return spec
-
-
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
     """Poll ``cond`` until it returns something true; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout

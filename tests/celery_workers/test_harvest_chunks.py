@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import grid_spec
 
 from pipeline import harvest as hv
 from pipeline.api import Sweep
@@ -17,8 +18,6 @@ from pipeline.spec import SweepSpec
 from workers import jobs
 from workers.resources import Resources
 from workers.settings import WorkerSettings
-
-from .conftest import grid
 
 
 @pytest.fixture
@@ -42,7 +41,7 @@ def computed(tmp_path: Path) -> Iterator[Resources]:
     settings = Settings(
         f"sqlite:///{tmp_path / 'state.sqlite'}", str(tmp_path / "store"), str(servers)
     )
-    spec = SweepSpec.model_validate(grid("chunks", 6, submit={"chunk_size": 12}))
+    spec = SweepSpec.model_validate(grid_spec("chunks", 6, submit={"chunk_size": 12}))
     with Sweep(spec, server="emulated", settings=settings) as sweep:
         sweep.submit()
         Daemons(project, hosts=4).run_until_idle()

@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import grid_spec
 
-from .conftest import Cluster, PrivatePostgres, PrivateRedis, grid, submit_async, wait_for
+from .conftest import Cluster, PrivatePostgres, PrivateRedis, submit_async, wait_for
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_redis_restarted_empty_then_state_database_down_30s(
     # away; the deployment restarts it (restart: unless-stopped), and so does this.
     cluster.start_worker("w1", concurrency=2, restart=True)
     cluster.start_beat()
-    submit_async(cluster, grid("outage", 8))
+    submit_async(cluster, grid_spec("outage", 8))
 
     def harvested() -> int:
         return cluster.counts("outage").get("harvested", 0)

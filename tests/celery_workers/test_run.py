@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
-from conftest import port_open, service_missing
+from conftest import grid_spec, port_open, service_missing
 
 from pipeline.state import attempts
 
-from .conftest import Cluster, grid, slow_tool, submit_async, wait_for
+from .conftest import Cluster, slow_tool, submit_async, wait_for
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -47,7 +47,7 @@ def test_two_prefork_workers_and_beat_run_a_sweep_to_the_store(
     cluster.start_worker("w1", concurrency=2)
     cluster.start_worker("w2", concurrency=2)
     cluster.start_beat()
-    assert len(submit_async(cluster, grid("beatrun", 8, submit={"chunk_size": 3}))) == 36
+    assert len(submit_async(cluster, grid_spec("beatrun", 8, submit={"chunk_size": 3}))) == 36
     _run_to_the_end(cluster, "beatrun", 16)
     cluster.assert_exactly_once("beatrun", 16)
     wait_for(lambda: _status(cluster, "beatrun") == "complete", 20, "the sweep marked complete")
@@ -87,7 +87,7 @@ def test_kill_9_in_a_top_up_and_in_a_harvest_loses_and_duplicates_nothing(
     cluster.start_daemons(hosts=4)
     cluster.start_worker("w1")
     cluster.start_beat()
-    submit_async(cluster, grid("killed", 8, submit={"chunk_size": 4}))
+    submit_async(cluster, grid_spec("killed", 8, submit={"chunk_size": 4}))
 
     def mid_top_up() -> bool:
         with cluster.state() as state, state.engine.connect() as conn:

@@ -60,20 +60,3 @@ def bench(tmp_path: Path, boinc_db_url: str) -> Iterator[Bench]:
     b = make_bench(tmp_path, boinc_db_url, f"sqlite:///{tmp_path / 'state.sqlite'}")
     yield b
     b.project.close()
-
-
-def grid_spec(name: str = "grid", n: int = 3, **extra: Any) -> dict[str, Any]:
-    """A small grid sweep whose job writes ``z = x * y`` as key=value text."""
-    spec: dict[str, Any] = {
-        "name": name,
-        "image": "boinc-pipeline-test/host:latest",
-        "command": [
-            "sh",
-            "-c",
-            "mkdir -p /root/shared/results && echo z=$(({x} * {y})) > /root/shared/results/out.txt",
-        ],
-        "parameters": {"grid": {"x": list(range(1, n + 1)), "y": [2, 5]}},
-        "outputs": [{"file": "out.txt", "kind": "keyvalue"}],
-    }
-    spec.update(extra)
-    return spec

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import grid_spec
 
-from .conftest import Bench, grid_spec, make_bench
+from .conftest import Bench, make_bench
 
 
 @pytest.fixture

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from conftest import grid_spec
 
 from pipeline import boinc
 
-from .conftest import Bench, grid_spec
+from .conftest import Bench
 
 
 def test_sweep_end_to_end(bench: Bench) -> None:

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import grid_spec
 
 from pipeline.state import ledger
 
-from .conftest import Bench, grid_spec, make_bench
+from .conftest import Bench, make_bench
 
 _HARVESTER = textwrap.dedent(
     """

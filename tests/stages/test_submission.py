@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import grid_spec
 
 from pipeline import boinc
 from pipeline.config import AppConfig
 from pipeline.errors import ConfigError, SubmissionError
 from pipeline.submit import cancel_ranges, share_shortfall
 
-from .conftest import Bench, grid_spec, make_bench
+from .conftest import Bench, make_bench
 
 
 def _drive(bench: Bench, sweep: object, faults: str = "", rounds: int = 8) -> dict[str, int]:
