@@ -90,11 +90,12 @@ def sshd() -> Iterator[tuple[int, Path, Path]]:
 
 
 class TimedTransport:
-    """Delegates to a transport and adds up the seconds spent in its calls."""
+    """Delegates to a transport and adds up the seconds spent in its calls, also per program."""
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
         self.seconds = 0.0
+        self.by_call: dict[str, float] = {}
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
@@ -106,9 +107,20 @@ class TimedTransport:
             try:
                 return attr(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - t0
+                spent = time.perf_counter() - t0
+                self.seconds += spent
+                key = name if name == "write_files" else _program(args[0])
+                self.by_call[key] = self.by_call.get(key, 0.0) + spent
 
         return timed
+
+
+def _program(argv: list[str]) -> str:
+    """Name a command by its program (the script's first word for ``sh -c``)."""
+    if argv[:2] == ["sh", "-c"]:
+        words = argv[2].split()
+        return f"sh -c {words[0] if words else ''}"
+    return os.path.basename(argv[0])
 
 
 def _spec(name: str, mode: str, n: int, params_file: bool) -> SweepSpec:
@@ -159,7 +171,7 @@ def run_mode(
     chunk: int,
     warm: int,
     params_file: bool = False,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Submit ``n`` workunits in ``mode`` (after ``warm`` untimed ones); return the figures."""
     spec = _spec(f"b{mode}{secrets.token_hex(2)}", mode, n + warm, params_file)
     record = register_sweep(state, boinc, spec)
@@ -171,6 +183,7 @@ def run_mode(
     if warm:
         submit_points(ctx, spec, record, wus[:warm])  # stages the image (stock script)
     transport.seconds = 0.0
+    transport.by_call.clear()
     report = ChunkReport()
     t0 = time.perf_counter()
     for start in range(warm, len(wus), chunk):
@@ -189,6 +202,7 @@ def run_mode(
         "create_own_ms": (t["create"] - transport.seconds) / n * 1e3,
         "own_ms": (planning * n / (n + warm) + total - transport.seconds) / n * 1e3,
         "transport_s": transport.seconds,
+        "calls": dict(transport.by_call),
     }
 
 
@@ -220,6 +234,12 @@ def bench_transport(label: str, url_for: Any, args: argparse.Namespace) -> None:
                 f"{f['rate']:8.1f} wu/s  ({f['seconds'] / f['n'] * 1e3:.2f} ms/wu; "
                 f"{f['transport_s']:.2f} s in transport calls)"
             )
+            if mode == "fast":
+                calls = sorted(f["calls"].items(), key=lambda kv: -kv[1])
+                print(
+                    f"[{label}] {'':11s} transport time by call: "
+                    + ", ".join(f"{k} {v:.2f} s" for k, v in calls)
+                )
         fast = figures["fast"]
         lean = figures["fast+params"]
         print(

@@ -252,28 +252,38 @@ class _Creator:
         self.project = project
         self.opts = opts
         self.templates: dict[Path, _InputTemplate] = {}
-        self.md5: dict[Path, tuple[str, int]] = {}
+        self.md5: dict[str, tuple[str, int]] = {}
         self.paths: dict[str, Path] = {}
+        self.result_templates: set[str] = set()
+        self.sticky_infos: dict[tuple[str, tuple[str, ...]], str] = {}
+        self.download_url = project.download_url
+        self.download_dir = str(project.download_dir)
         self.now = int(time.time())
 
-    def _file_md5(self, path: Path, sticky: bool) -> tuple[str, int]:
+    def _file_md5(self, path: str, sticky: bool) -> tuple[str, int]:
+        """Return a download file's md5 and size; sticky files keep theirs in ``<file>.md5``."""
         if path in self.md5:
             return self.md5[path]
-        cache = path.with_name(path.name + ".md5") if sticky else None
-        if cache is not None and cache.exists():
-            md5, _, nbytes = cache.read_text().partition(" ")
+        cache = path + ".md5" if sticky else None
+        if cache is not None and os.path.exists(cache):
+            with open(cache) as fh:
+                md5, _, nbytes = fh.read().partition(" ")
             info = (md5, int(nbytes))
         else:
             try:
-                h = hashlib.md5(usedforsecurity=False)
-                with open(path, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(chunk)
-                    info = (h.hexdigest(), os.fstat(fh.fileno()).st_size)
+                fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError as exc:
-                raise ToolError(f"input file {path.name} not found at {path}") from exc
+                raise ToolError(f"input file {os.path.basename(path)} not found at {path}") from exc
+            try:
+                h = hashlib.md5(usedforsecurity=False)
+                while chunk := os.read(fd, 1 << 20):
+                    h.update(chunk)
+                info = (h.hexdigest(), os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
             if cache is not None:
-                cache.write_text(f"{info[0]} {info[1]}\n")
+                with open(cache, "w") as fh:
+                    fh.write(f"{info[0]} {info[1]}\n")
         self.md5[path] = info
         return info
 
@@ -283,6 +293,19 @@ class _Creator:
             p = Path(rel)
             path = self.paths[rel] = p if p.is_absolute() else self.project.root / p
         return path
+
+    def _file_info(self, name: str, flags: list[str]) -> str:
+        """Return the ``<file_info>`` of a download file (reused for sticky files)."""
+        sticky = "sticky" in flags or "no_delete" in flags
+        key = (name, tuple(flags))
+        if sticky and key in self.sticky_infos:
+            return self.sticky_infos[key]
+        subdir = boinc.dir_hier_subdir(name, self.project.fanout)
+        md5, size = self._file_md5(os.path.join(self.download_dir, subdir, name), sticky)
+        text = _file_info_xml(name, f"{self.download_url}/{subdir}/{name}", md5, size, flags)
+        if sticky:
+            self.sticky_infos[key] = text
+        return text
 
     def xml_doc(self, job: _Job) -> str:
         tpl = _load_template(self._path(job.wu_template), self.templates)
@@ -295,29 +318,14 @@ class _Creator:
         out: list[str] = []
         for k, (number, flags) in enumerate(tpl.file_infos):
             fname = job.files[k]
-            sticky = "sticky" in flags or "no_delete" in flags
             if fname.startswith("\0remote"):
                 url, nbytes, md5 = job.remote[int(fname[7:])]
                 name = f"jf_{md5}"
-                size: float = nbytes
+                out.append(_file_info_xml(name, url, md5, nbytes, flags))
             else:
                 name = fname
-                url = (
-                    f"{self.project.download_url}/"
-                    f"{boinc.dir_hier_subdir(name, self.project.fanout)}/{name}"
-                )
-                md5, isize = self._file_md5(self.project.download_path(name), sticky)
-                size = float(isize)
+                out.append(self._file_info(name, flags))
             by_number[number] = (name, flags)
-            out.append(
-                "<file_info>\n"
-                f"    <name>{_esc(name)}</name>\n"
-                f"    <url>{_esc(url)}</url>\n"
-                f"    <md5_cksum>{md5}</md5_cksum>\n"
-                f"    <nbytes>{size:.0f}</nbytes>\n"
-                + "".join(f"    <{flag}/>\n" for flag in flags)
-                + "</file_info>\n"
-            )
         out.append("<workunit>\n")
         for number, open_name, flags in tpl.file_refs:
             if number not in by_number:
@@ -340,8 +348,10 @@ class _Creator:
 
     def row(self, job: _Job, appid: int) -> dict[str, Any]:
         o = self.opts
-        if not self._path(job.result_template).is_file():
-            raise ToolError(f"can't open result template {job.result_template}")
+        if job.result_template not in self.result_templates:
+            if not self._path(job.result_template).is_file():
+                raise ToolError(f"can't open result template {job.result_template}")
+            self.result_templates.add(job.result_template)
         row: dict[str, Any] = {
             "create_time": self.now,
             "appid": appid,
@@ -382,6 +392,18 @@ class _Creator:
         return row
 
 
+def _file_info_xml(name: str, url: str, md5: str, size: float, flags: list[str]) -> str:
+    return (
+        "<file_info>\n"
+        f"    <name>{_esc(name)}</name>\n"
+        f"    <url>{_esc(url)}</url>\n"
+        f"    <md5_cksum>{md5}</md5_cksum>\n"
+        f"    <nbytes>{size:.0f}</nbytes>\n"
+        + "".join(f"    <{flag}/>\n" for flag in flags)
+        + "</file_info>\n"
+    )
+
+
 def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -391,11 +413,32 @@ def _insert(project: Project, rows: list[dict[str, Any]]) -> None:
         return
     try:
         with project.engine().begin() as conn:
-            conn.execute(sa.insert(boinc.workunit), rows)
+            if conn.dialect.name == "mysql" and all(r.keys() == rows[0].keys() for r in rows):
+                conn.exec_driver_sql(_mysql_insert(conn.connection.driver_connection, rows))
+            else:
+                conn.execute(sa.insert(boinc.workunit), rows)
     except sa.exc.IntegrityError as exc:
         raise ToolError(f"can't create workunit: {exc.orig}") from exc
     except sa.exc.DBAPIError as exc:
         raise ToolError(f"database error: {exc.orig}") from exc
+
+
+def _mysql_insert(raw: Any, rows: list[dict[str, Any]]) -> str:
+    """Return one multi-row INSERT of workunit rows, escaping each shared value once.
+
+    PyMySQL escapes every parameter in Python; most of a chunk's columns hold
+    the same value in every row, so only the others are escaped per row.
+    """
+    columns = list(rows[0])
+    first = rows[0]
+    shared = {c: raw.escape(first[c]) for c in columns if all(r[c] == first[c] for r in rows)}
+    values = [
+        "(" + ",".join(shared[c] if c in shared else raw.escape(r[c]) for c in columns) + ")"
+        for r in rows
+    ]
+    names = ",".join(f"`{c}`" for c in columns)
+    # Column names are the schema's own; every value went through the driver's escape.
+    return f"INSERT INTO {boinc.workunit.name} ({names}) VALUES " + ",".join(values)  # noqa: S608
 
 
 def _app_id(project: Project, appname: str) -> int:

@@ -140,6 +140,37 @@ def test_create_work_stdin_bulk(native: Project) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(boinc.result)).scalar() == 0
 
 
+def test_create_work_stdin_stores_awkward_values_exactly(native: Project) -> None:
+    """Quotes, backslashes and non-ASCII text reach the database unchanged, on both engines."""
+    other = native.root / "templates" / "other_out"
+    other.write_text((native.root / "templates" / "boinc2docker_out").read_text())
+    awkward = 'back\\\\slash \\\\n "q" \u00e9\u4e2d ; DROP TABLE workunit; --'
+    lines = [
+        f"--wu_name aw_1 --command_line '{awkward}' in_a.txt",
+        "--wu_name aw_2 --result_template templates/other_out in_a.txt",
+        "--wu_name aw_3 in_a.txt",
+    ]
+    proc = _create_work(
+        native,
+        "--appname", "boinc2docker",
+        "--stdin",
+        "--rsc_fpops_est", "1.5e13",
+        "--keywords", "k'1 \\ 2",
+        stdin="\n".join(lines) + "\n",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {n: wu_row(native, n) for n in ("aw_1", "aw_2", "aw_3")}
+    assert f"<command_line>\n{awkward}\n" in rows["aw_1"].xml_doc.decode()
+    assert [rows[n].result_template_file for n in ("aw_1", "aw_2", "aw_3")] == [
+        "templates/boinc2docker_out",
+        "templates/other_out",
+        "templates/boinc2docker_out",
+    ]
+    assert {r.keywords for r in rows.values()} == {"k'1 \\ 2"}
+    assert {r.rsc_fpops_est for r in rows.values()} == {1.5e13}
+    assert len({r.xml_doc for r in rows.values()}) == 2  # aw_2 and aw_3 differ only by name
+
+
 def test_create_work_stdin_line_limit_and_duplicates(native: Project) -> None:
     head = '--wu_name ok1 --command_line "'
     ok = head + "c" * (4096 - len(head) - len('" in_a.txt')) + '" in_a.txt'
