@@ -7,11 +7,14 @@ The public API is listed once in ``__all__``; names are imported lazily so that
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
 
 _EXPORTS: dict[str, str] = {
+    "plan": "pipeline.plan:plan",
     "load_spec": "pipeline.spec:load_spec",
     "SweepSpec": "pipeline.spec:SweepSpec",
     "PlannedWorkunit": "pipeline.plan:PlannedWorkunit",
@@ -25,11 +28,29 @@ _EXPORTS: dict[str, str] = {
     "PipelineError": "pipeline.errors:PipelineError",
 }
 
-__all__ = ["__version__", "plan", *sorted(_EXPORTS)]
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
-# ``plan`` is both a submodule and the function users call: bind the function
-# now, or the first ``import pipeline.plan`` anywhere would shadow it.
-from pipeline.plan import plan  # noqa: E402
+if TYPE_CHECKING:
+    from pipeline.plan import plan as plan
+
+
+class _Package(types.ModuleType):
+    """The package's module type: ``pipeline.plan`` stays the function users call.
+
+    ``plan`` is both a submodule and the public function. Importing the
+    submodule would bind the package's ``plan`` attribute to the module; this
+    refuses that binding (the module stays in ``sys.modules``), so the function
+    can be imported lazily, like the other names, and ``import pipeline`` does
+    not load NumPy.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "plan" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

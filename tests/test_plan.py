@@ -547,3 +547,17 @@ def test_golden_vectors(path: Path) -> None:
         assert [type(v) for v in w_a["params"].values()] == [
             type(v) for v in w_e["params"].values()
         ]
+
+
+def test_pipeline_plan_is_the_function_and_the_emulator_tools_load_without_numpy() -> None:
+    code = (
+        "import sys, pipeline.emulator.tools\n"
+        "assert 'numpy' not in sys.modules and 'pipeline.plan' not in sys.modules\n"
+        "import pipeline, pipeline.plan\n"
+        "from pipeline.plan import PlannedWorkunit\n"
+        "from pipeline import plan\n"
+        "assert plan is pipeline.plan and plan.__name__ == 'plan' and callable(plan)\n"
+        "assert sys.modules['pipeline.plan'].PlannedWorkunit is PlannedWorkunit\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
