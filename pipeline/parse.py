@@ -582,6 +582,21 @@ def _read_ahead(blocks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
         worker.join()
 
 
+_ARROW_ROW = re.compile(r"Row #(\d+)")
+
+
+def _where(message: str, block: bytes, first_line: int) -> str:
+    """Say where in the file an Arrow error in a block starting at ``first_line`` is.
+
+    Arrow numbers the rows of a block from 1 (the header, in the first block)
+    and skips blank lines, so the line is exact only in a block without them.
+    """
+    row = _ARROW_ROW.search(message)
+    if row is None or b"\n\n" in block or b"\n\r\n" in block or b"\r\r" in block:
+        return f" (in the block from line {first_line})"
+    return f" at line {first_line + int(row.group(1)) - 1}"
+
+
 def _csv_stream_batches(
     spec: OutputLike, stream: IO[bytes], *, block_size: int, max_line: int
 ) -> Iterator[pa.RecordBatch]:
@@ -616,7 +631,7 @@ def _csv_stream_batches(
         except pa.ArrowInvalid as exc:
             if names is None and "Empty CSV file" in str(exc):
                 continue  # blank lines only, so far
-            raise ParseError(f"invalid {spec.kind} (from line {line}): {exc}") from exc
+            raise ParseError(f"invalid {spec.kind}{_where(str(exc), block, line)}: {exc}") from exc
         line += block.count(b"\n")
         if names is None:
             _check_names(table.schema)

@@ -6,6 +6,7 @@ import gc
 import io
 import json
 import math
+import re
 import tarfile
 import threading
 import time
@@ -660,3 +661,17 @@ def test_streaming_a_large_csv_member_in_bounded_memory() -> None:
     assert python_peak < 128 * MiB
     arrow_peak = (pool.max_memory() or 0) - arrow_before
     assert arrow_peak < 96 * MiB
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("a,b\n1,2\n3,4,5\n", "at line 3:"),
+        ("a,b\n" + "1,2\n" * 3000 + "3,4,5\n", "at line 3002:"),
+        ("a,b\r\n" + "1,2\r\n" * 3000 + "3,x\r\n", "at line 3002:"),
+        ("a,b\n" + "1,\n" * 3000 + "\n\n2,x\n", "(in the block from line 2731):"),
+    ],
+)
+def test_csv_stream_errors_say_the_line(text: str, where: str) -> None:
+    with pytest.raises(ParseError, match=re.escape(f"invalid csv {where}")):
+        list(iter_batches(out("t.csv", "csv"), io.BytesIO(text.encode()), "t", block_size=4096))
