@@ -540,7 +540,7 @@ def _line_blocks(stream: IO[bytes], block_size: int, max_line: int) -> Iterator[
 
 
 def _read_ahead(blocks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
-    """Yield the items of ``blocks``, produced one step ahead on a helper thread.
+    """Yield the items of ``blocks``, produced up to ``depth`` ahead on a helper thread.
 
     Reading (decompressing) the next block then overlaps with parsing this one.
     Unlike Arrow's read-ahead, the helper thread is stopped and joined when this
@@ -600,14 +600,16 @@ def _where(message: str, block: bytes, first_line: int) -> str:
 def _csv_stream_batches(
     spec: OutputLike, stream: IO[bytes], *, block_size: int, max_line: int
 ) -> Iterator[pa.RecordBatch]:
-    """Parse csv/tsv from a stream block by block, all on the calling thread.
+    """Parse csv/tsv from a stream block by block; Arrow never touches the stream.
 
     Arrow's own streaming reader reads its source ahead on a background I/O
     thread. With a Python stream (a tar member) that thread would go on reading
     the archive after the reader is abandoned, and closing a reader before its
-    end can crash the process (apache/arrow#43604). Here Arrow only ever sees
-    whole in-memory blocks cut at line breaks, which is also where its own
-    chunker cuts when values hold no line breaks (the ParseOptions default).
+    end can crash the process (apache/arrow#43604). Here the stream is read by
+    :func:`_read_ahead`, whose thread is joined before this generator ends, and
+    Arrow only ever sees whole in-memory blocks cut at line breaks, which is
+    also where its own chunker cuts when values hold no line breaks (the
+    ParseOptions default).
     The header and the column types come from the first block, as in Arrow's
     streaming reader; a later value that does not fit is a ParseError.
     """
@@ -630,6 +632,7 @@ def _csv_stream_batches(
                 reader.close()
         except pa.ArrowInvalid as exc:
             if names is None and "Empty CSV file" in str(exc):
+                line += block.count(b"\n")
                 continue  # blank lines only, so far
             raise ParseError(f"invalid {spec.kind}{_where(str(exc), block, line)}: {exc}") from exc
         line += block.count(b"\n")
