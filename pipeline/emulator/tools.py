@@ -393,6 +393,7 @@ class _Creator:
 
 
 def _file_info_xml(name: str, url: str, md5: str, size: float, flags: list[str]) -> str:
+    """Return one ``<file_info>`` element of a workunit's ``xml_doc``."""
     return (
         "<file_info>\n"
         f"    <name>{_esc(name)}</name>\n"
@@ -414,7 +415,7 @@ def _insert(project: Project, rows: list[dict[str, Any]]) -> None:
     try:
         with project.engine().begin() as conn:
             if conn.dialect.name == "mysql" and all(r.keys() == rows[0].keys() for r in rows):
-                conn.exec_driver_sql(_mysql_insert(conn.connection.driver_connection, rows))
+                _mysql_insert(conn.connection.driver_connection, rows)
             else:
                 conn.execute(sa.insert(boinc.workunit), rows)
     except sa.exc.IntegrityError as exc:
@@ -423,11 +424,13 @@ def _insert(project: Project, rows: list[dict[str, Any]]) -> None:
         raise ToolError(f"database error: {exc.orig}") from exc
 
 
-def _mysql_insert(raw: Any, rows: list[dict[str, Any]]) -> str:
-    """Return one multi-row INSERT of workunit rows, escaping each shared value once.
+def _mysql_insert(raw: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert workunit rows with one multi-row INSERT, escaping each shared value once.
 
     PyMySQL escapes every parameter in Python; most of a chunk's columns hold
-    the same value in every row, so only the others are escaped per row.
+    the same value in every row, so only the others are escaped per row. The
+    statement runs on the DB-API cursor without arguments, so PyMySQL applies
+    no ``%`` formatting to it, in the caller's transaction.
     """
     columns = list(rows[0])
     first = rows[0]
@@ -438,7 +441,14 @@ def _mysql_insert(raw: Any, rows: list[dict[str, Any]]) -> str:
     ]
     names = ",".join(f"`{c}`" for c in columns)
     # Column names are the schema's own; every value went through the driver's escape.
-    return f"INSERT INTO {boinc.workunit.name} ({names}) VALUES " + ",".join(values)  # noqa: S608
+    sql = f"INSERT INTO {boinc.workunit.name} ({names}) VALUES " + ",".join(values)  # noqa: S608
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute(sql)
+    except raw.IntegrityError as exc:  # DB-API exceptions, as attributes of the connection
+        raise ToolError(f"can't create workunit: {exc}") from exc
+    except raw.Error as exc:
+        raise ToolError(f"database error: {exc}") from exc
 
 
 def _app_id(project: Project, appname: str) -> int:

@@ -144,7 +144,7 @@ def test_create_work_stdin_stores_awkward_values_exactly(native: Project) -> Non
     """Quotes, backslashes and non-ASCII text reach the database unchanged, on both engines."""
     other = native.root / "templates" / "other_out"
     other.write_text((native.root / "templates" / "boinc2docker_out").read_text())
-    awkward = 'back\\\\slash \\\\n "q" \u00e9\u4e2d ; DROP TABLE workunit; --'
+    awkward = 'back\\\\slash \\\\n "q" 100% %s %d %% \u00e9\u4e2d ; DROP TABLE workunit; --'
     lines = [
         f"--wu_name aw_1 --command_line '{awkward}' in_a.txt",
         "--wu_name aw_2 --result_template templates/other_out in_a.txt",
@@ -155,7 +155,7 @@ def test_create_work_stdin_stores_awkward_values_exactly(native: Project) -> Non
         "--appname", "boinc2docker",
         "--stdin",
         "--rsc_fpops_est", "1.5e13",
-        "--keywords", "k'1 \\ 2",
+        "--keywords", "k'1 \\ 2 %s 100%",
         stdin="\n".join(lines) + "\n",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -166,7 +166,7 @@ def test_create_work_stdin_stores_awkward_values_exactly(native: Project) -> Non
         "templates/other_out",
         "templates/boinc2docker_out",
     ]
-    assert {r.keywords for r in rows.values()} == {"k'1 \\ 2"}
+    assert {r.keywords for r in rows.values()} == {"k'1 \\ 2 %s 100%"}
     assert {r.rsc_fpops_est for r in rows.values()} == {1.5e13}
     assert len({r.xml_doc for r in rows.values()}) == 2  # aw_2 and aw_3 differ only by name
 
