@@ -446,6 +446,7 @@ def main() -> int:
          "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
+    REDIS_PID.append(redis.pid)
     redis_url = f"redis://127.0.0.1:{port}/0"
     client = make_app(WorkerSettings(broker=redis_url))
     print(

@@ -614,21 +614,6 @@ class ResultArchive:
         """Validate the whole archive and return the bytes of the members matching ``wanted``."""
         return {m.name: m.read() for m in self.members(wanted) if m.matched}
 
-    def read_bytes(self) -> bytes:
-        """Return the archive's raw bytes (at most ``max_compressed_bytes``) as a re-readable copy.
-
-        Use ``iter_members(io.BytesIO(data), limits)`` to read the copy as many
-        times as needed (for example in two passes).
-        """
-        self.check()
-        if self._used or not self._open:
-            raise HarvestError(f"{self.path}: the archive was already read")
-        self._used = True
-        parts = []
-        while chunk := self._source.read(_CHUNK):
-            parts.append(chunk)
-        return b"".join(parts)
-
     @property
     def sha256(self) -> str:
         """The sha256 hex digest of the archive's bytes (reads and hashes what is left)."""

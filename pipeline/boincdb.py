@@ -155,7 +155,7 @@ class BoincDB:
     # -- workunits ------------------------------------------------------------
 
     def workunit_states_query(self) -> sa.Select[Any]:
-        """The one query that tracking runs per sweep (bind parameter ``pattern``).
+        """Every (workunit, result) pair of a sweep, for :meth:`workunit_states` (bind ``pattern``).
 
         It returns one row per (workunit, result) pair, and one row with a NULL
         ``server_state`` for a workunit without results; :meth:`workunit_states`

@@ -266,7 +266,6 @@ class _CeleryWorkers:
         self.redis_url = redis_url
         self.prefix = f"bp-demo-{secrets.token_hex(4)}:"
         self.env = dict(os.environ)
-        self.env.pop("BOINC_PIPELINE_WORKERS_CONFIG", None)
         for name in list(self.env):  # the demo's settings only, none of a deployment's
             if name.startswith("BOINC_PIPELINE_"):
                 del self.env[name]
@@ -412,6 +411,9 @@ def _drive_celery(
                     status = SweepStatus.from_dict(result.result)
                     finished = bool(result.result["finished"])
                 forget(result)
+            if kind == "harvest" and not status.counts.get("done"):
+                inflight.pop(kind, None)
+                continue  # nothing finished waits for harvesting (as of the last poll)
             inflight[kind] = workers.send(kind, *task_args)
         return status, finished or time.monotonic() > deadline
 

@@ -65,7 +65,6 @@ __all__ = [
     "WorkunitFiles",
     "boinc_app_script",
     "create_fast",
-    "create_work_options",
     "image_files_from_xml_doc",
     "input_template",
     "plan_files",
@@ -247,11 +246,6 @@ def _xml_text(text: str) -> str:
 def template_path(template: str) -> str:
     """Where a template is stored, relative to the project root (content-addressed)."""
     return f"templates/fast_{hashlib.sha256(template.encode()).hexdigest()[:24]}_in"
-
-
-def create_work_options(spec: SweepSpec) -> list[str]:
-    """Return ``bin/create_work``'s global options for a sweep, as the stock script passes them."""
-    return job_options(spec)
 
 
 def stdin_line(wu_name: str, files: Sequence[FileRef], template: str | None = None) -> str:
@@ -563,7 +557,7 @@ def create_fast(
             staged[layout.path(name)] = data
     ctx.transport.write_files(staged, timeout=ctx.timeout)
 
-    argv = ["bin/create_work", *create_work_options(spec)]
+    argv = ["bin/create_work", *job_options(spec)]
     if single:
         argv += ["--wu_template", next(iter(templates.values()))]
     argv.append("--stdin")

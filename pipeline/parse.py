@@ -233,6 +233,9 @@ def _check_names(table_or_schema: pa.Table | pa.Schema) -> None:
         seen.add(n)
 
 
+#: A streamed csv/tsv output takes its column types from at least this much of its start.
+STREAM_TYPE_BYTES = MiB
+
 #: csv/tsv data below this size is parsed as one block on the calling thread.
 SMALL_CSV_BYTES = MiB
 _ONE_BLOCK = pa_csv.ReadOptions(block_size=SMALL_CSV_BYTES, use_threads=False)
@@ -519,11 +522,18 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordB
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _line_blocks(stream: IO[bytes], block_size: int, max_line: int) -> Iterator[bytes]:
-    """Read a stream in blocks of about ``block_size`` bytes that end at a line break."""
+def _line_blocks(
+    stream: IO[bytes], block_size: int, max_line: int, first_size: int = 0
+) -> Iterator[bytes]:
+    """Read a stream in blocks of about ``block_size`` bytes that end at a line break.
+
+    The first block is at least ``first_size`` bytes (when the stream has them).
+    """
     pending = b""
+    size = max(block_size, first_size)
     while True:
-        data = stream.read(block_size)
+        data = stream.read(size)
+        size = block_size
         if not data:
             if pending:
                 yield pending
@@ -610,14 +620,16 @@ def _csv_stream_batches(
     Arrow only ever sees whole in-memory blocks cut at line breaks, which is
     also where its own chunker cuts when values hold no line breaks (the
     ParseOptions default).
-    The header and the column types come from the first block, as in Arrow's
-    streaming reader; a later value that does not fit is a ParseError.
+    The header and the column types come from the first block, at least
+    :data:`STREAM_TYPE_BYTES` long whatever ``block_size`` is; a later value
+    that does not fit is a ParseError.
     """
     parse = _csv_options(spec)
     names: list[str] | None = None
     convert = pa_csv.ConvertOptions()
     line = 1
-    for block in _read_ahead(_line_blocks(stream, block_size, max_line)):
+    blocks = _line_blocks(stream, block_size, max_line, first_size=STREAM_TYPE_BYTES)
+    for block in _read_ahead(blocks):
         read = pa_csv.ReadOptions(block_size=len(block) + 1, use_threads=False, column_names=names)
         try:
             reader = pa_csv.open_csv(

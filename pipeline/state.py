@@ -538,12 +538,12 @@ class StateDB:
         wanted = sorted(set(point_ids))
         out: list[tuple[str, int, dict[str, Any]]] = []
         with self.engine.connect() as conn:
-            for start in range(0, len(wanted), IN_LIST):
+            for batch in _chunks(wanted, IN_LIST):
                 rows = conn.execute(
                     sa.select(points.c.point_id, points.c.attempt, points.c.params_json).where(
                         points.c.sweep_id == sweep_id,
                         points.c.state.in_(list(states)),
-                        points.c.point_id.in_(wanted[start : start + IN_LIST]),
+                        points.c.point_id.in_(batch),
                     )
                 ).all()
                 out += [(pid, int(att), json.loads(pj)) for pid, att, pj in rows]

@@ -391,13 +391,6 @@ def test_outer_archives_left_unread_are_skipped_and_hashed() -> None:
     assert seen == [f"sw_p_{i:04d}_0" for i in range(4)]
 
 
-def test_outer_archive_can_be_copied_for_two_passes() -> None:
-    ((path, data),) = _archives(1)
-    copies = [arc.read_bytes() for arc in iter_result_archives(stream(outer_tar([(path, data)])))]
-    assert copies == [data]
-    assert read_members(io.BytesIO(copies[0])) == {"out.csv": b"x\n0\n", "params.txt": b"i=0\n"}
-
-
 def test_truncated_outer_stream_raises_chunk_stream_error_after_good_archives() -> None:
     items = _archives(3)
     data = outer_tar(items)

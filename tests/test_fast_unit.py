@@ -16,7 +16,6 @@ from pipeline.fast import (
     FileRef,
     ImageFiles,
     boinc_app_script,
-    create_work_options,
     image_files_from_xml_doc,
     input_template,
     plan_files,
@@ -27,7 +26,7 @@ from pipeline.fast import (
     unique_name,
     vbox_job_xml,
 )
-from pipeline.plan import plan_point
+from pipeline.plan import job_options, plan_point
 from pipeline.spec import SweepSpec
 
 EDGE_CASES = [
@@ -244,8 +243,8 @@ def _spec(**extra: object) -> SweepSpec:
     return SweepSpec.model_validate(data)
 
 
-def test_create_work_options_int_the_bounds_like_the_stock_script() -> None:
-    opts = create_work_options(_spec())
+def test_job_options_int_the_bounds_like_the_stock_script() -> None:
+    opts = job_options(_spec())
     pairs = dict(zip(opts[::2], opts[1::2], strict=True))
     assert pairs["--rsc_memory_bound"] == "2500000000"
     assert pairs["--rsc_disk_bound"] == "3000000000"

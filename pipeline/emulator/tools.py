@@ -414,7 +414,7 @@ def _insert(project: Project, rows: list[dict[str, Any]]) -> None:
         return
     try:
         with project.engine().begin() as conn:
-            if conn.dialect.name == "mysql" and all(r.keys() == rows[0].keys() for r in rows):
+            if conn.dialect.driver == "pymysql" and all(r.keys() == rows[0].keys() for r in rows):
                 _mysql_insert(conn.connection.driver_connection, rows)
             else:
                 conn.execute(sa.insert(boinc.workunit), rows)
