@@ -516,10 +516,9 @@ def cancel_sweep(ctx: SubmitContext, sweep: SweepRecord) -> int:
     Results already on volunteers' computers come back later and are ignored.
     """
     status = track_sweep(ctx.state, ctx.boinc, sweep)
-    rows = ctx.boinc.workunit_states(sweep_name_prefix(sweep.name, sweep.version))
-    from pipeline.track import classify
-
-    open_wus = {wu.id: wu.name for wu in rows if classify(wu) in ("queued", "running")}
+    prefix = sweep_name_prefix(sweep.name, sweep.version)
+    rows = ctx.boinc.workunit_classes(prefix)
+    open_wus = {wu.id: wu.name for wu in rows if wu.state in ("queued", "running")}
     ranges, singles = cancel_ranges(list(open_wus))
     for low, high in ranges:
         ctx.transport.run(["bin/cancel_jobs", str(low), str(high)], timeout=ctx.timeout)
@@ -534,8 +533,8 @@ def cancel_sweep(ctx: SubmitContext, sweep: SweepRecord) -> int:
     )
     still = [
         wu.name
-        for wu in ctx.boinc.workunit_states(sweep_name_prefix(sweep.name, sweep.version))
-        if wu.id in open_wus and classify(wu) not in ("cancelled", "done", "failed")
+        for wu in ctx.boinc.workunit_classes(prefix)
+        if wu.id in open_wus and wu.state not in ("cancelled", "done", "failed")
     ]
     if still:
         raise ServerError(f"{len(still)} workunit(s) were not cancelled, e.g. {still[0]}")
